@@ -1,0 +1,165 @@
+"""Every error a user of mr_notebook can see.
+
+Each class subclasses the builtin it resembles, so ``except LookupError`` keeps working, and carries a
+message that says what to do next. Interfaces convert by type: HTTP uses ``http_status`` and ``code``
+(OpenAI's error shape), the CLI prints the message and exits with ``exit_code``, magics print it in red.
+"""
+
+from __future__ import annotations
+
+
+class MrNotebookError(Exception):
+    """Base class; ``str(error)`` is the whole user-facing message."""
+
+    http_status = 500
+    code = "internal_error"
+    error_type = "server_error"
+    exit_code = 1
+    #: True for mistakes the user can fix (shown without a traceback).
+    user_error = True
+    param: str | None = None
+
+
+class InvalidReference(MrNotebookError, ValueError):
+    """A model name that does not parse; the message lists the accepted forms."""
+
+    http_status = 400
+    code = "invalid_model_reference"
+    error_type = "invalid_request_error"
+    param = "model"
+
+
+class InvalidRequest(MrNotebookError, ValueError):
+    """A request parameter with a wrong type or value; ``param`` names it."""
+
+    http_status = 400
+    code = "invalid_parameter"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ModelNotFound(MrNotebookError, LookupError):
+    """The name is not in the store (the engine never pulls on its own)."""
+
+    http_status = 404
+    code = "model_not_found"
+    error_type = "invalid_request_error"
+    param = "model"
+
+
+class LocalFileNotFound(MrNotebookError, FileNotFoundError):
+    """A local path given to ``package --gguf`` that does not exist."""
+
+    http_status = 400
+    code = "file_not_found"
+    error_type = "invalid_request_error"
+
+
+class InvalidModelFile(MrNotebookError, ValueError):
+    """A file that is not a readable GGUF model (corrupt, truncated, another format)."""
+
+    http_status = 400
+    code = "invalid_model_file"
+    error_type = "invalid_request_error"
+
+
+class ModelInUse(MrNotebookError, RuntimeError):
+    """Removing a model that other names or a loaded worker still use, without ``force``."""
+
+    http_status = 409
+    code = "model_in_use"
+    error_type = "invalid_request_error"
+
+
+class StoreError(MrNotebookError, OSError):
+    """The store on disk could not be read or written (permissions, disk full)."""
+
+    http_status = 500
+    code = "store_error"
+
+
+class PullError(MrNotebookError, ConnectionError):
+    """A pull failed: registry unreachable, refused, or sent something that is not a GGUF model."""
+
+    http_status = 502
+    code = "pull_failed"
+
+
+class AuthenticationRequired(PullError, PermissionError):
+    """The registry wants credentials we do not have."""
+
+    http_status = 401
+    code = "registry_auth_required"
+
+
+class DigestMismatch(PullError):
+    """Downloaded bytes do not match the digest the registry promised; the partial file is deleted."""
+
+    code = "digest_mismatch"
+
+
+class OfflineError(PullError):
+    """The network is off (``HF_HUB_OFFLINE=1``) or unreachable and the model is not stored yet."""
+
+    code = "offline"
+
+
+class InsufficientMemory(MrNotebookError, MemoryError):
+    """A model does not fit in the memory budget even after evicting idle models."""
+
+    http_status = 507
+    code = "insufficient_memory"
+    error_type = "server_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """A prompt (plus requested tokens) longer than the model's context."""
+
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, param: str | None = "messages") -> None:
+        super().__init__(message, param)
+
+
+class QueueFull(MrNotebookError, RuntimeError):
+    """Too many requests are waiting for one model; retry later."""
+
+    http_status = 503
+    code = "queue_full"
+    error_type = "server_error"
+    retry_after = 1
+
+
+class ModelLoadError(MrNotebookError, RuntimeError):
+    """llama.cpp could not load the model file (the message names the file)."""
+
+    http_status = 500
+    code = "model_load_failed"
+    error_type = "server_error"
+
+
+class WorkerCrashed(MrNotebookError, RuntimeError):
+    """A model's worker process died while serving; the next request starts a fresh one."""
+
+    http_status = 502
+    code = "worker_crashed"
+    error_type = "server_error"
+
+
+class EngineUnavailable(MrNotebookError, ConnectionError):
+    """The engine (a Jupyter server, `mr-notebook serve`) cannot be reached."""
+
+    http_status = 503
+    code = "engine_unavailable"
+    error_type = "server_error"
+
+
+class Cancelled(MrNotebookError):
+    """A generation stopped because its client went away or asked to stop."""
+
+    http_status = 499
+    code = "cancelled"
+    user_error = True

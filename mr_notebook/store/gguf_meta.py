@@ -1,0 +1,148 @@
+"""Model metadata read from GGUF headers with the ``gguf`` package (tensor data is never loaded)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mr_notebook.errors import InvalidModelFile
+
+GGUF_MAGIC = b"GGUF"
+# Keys copied into the manifest's ``gguf`` map: scalars only (token lists would make it megabytes).
+_SKIP_PREFIXES = ("tokenizer.ggml.", "tokenizer.chat_template")
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What ``list``/``inspect`` show and what the engine needs to estimate memory."""
+
+    architecture: str
+    parameters: int
+    quantization: str
+    context_length: int
+    has_chat_template: bool
+    size: int
+    n_layer: int = 0
+    n_embd: int = 0
+    n_head: int = 0
+    n_head_kv: int = 0
+    n_vocab: int = 0
+    pooling: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def format_parameters(count: int) -> str:
+    """135_000_000 → ``"135M"``; 1_235_814_400 → ``"1.24B"``."""
+    if count >= 1_000_000_000:
+        return f"{count / 1e9:.2f}B"
+    if count >= 10_000_000:
+        return f"{count / 1e6:.0f}M"
+    if count >= 1_000_000:
+        return f"{count / 1e6:.2f}M"
+    return f"{count / 1e3:.1f}K"
+
+
+def format_bytes(size: int) -> str:
+    """1536 → ``"1.50 KiB"`` (binary units, like ``docker model list``)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{size} B"  # unreachable; keeps mypy content
+
+
+def _quant_name(file_type: int | None, tensor_types: Counter[str]) -> str:
+    import gguf
+
+    if file_type is not None:
+        try:
+            name = gguf.LlamaFileType(file_type).name
+        except ValueError:
+            name = ""
+        if name and name != "GUESSED":
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return tensor_types.most_common(1)[0][0] if tensor_types else "unknown"
+
+
+def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
+    """Read metadata from a GGUF file (or the shards of a split one, first shard first)."""
+    if not paths:
+        raise InvalidModelFile("No GGUF file given.")
+    import gguf
+
+    parameters = 0
+    size = 0
+    tensor_types: Counter[str] = Counter()
+    first: gguf.GGUFReader | None = None
+    for path in paths:
+        with open(path, "rb") as handle:
+            if handle.read(4) != GGUF_MAGIC:
+                raise InvalidModelFile(
+                    f"{path} is not a GGUF model file (it does not start with 'GGUF'). "
+                    "mr-notebook runs llama.cpp GGUF models; convert others with llama.cpp's convert_hf_to_gguf.py."
+                )
+        try:
+            reader = gguf.GGUFReader(path)
+        except (ValueError, OSError, IndexError, KeyError) as exc:
+            raise InvalidModelFile(f"{path} is a damaged or truncated GGUF file ({exc}).") from exc
+        actual = path.stat().st_size
+        for tensor in reader.tensors:
+            end = int(tensor.data_offset) + int(tensor.n_bytes)
+            if end > actual:
+                raise InvalidModelFile(
+                    f"{path} is truncated: tensor {tensor.name!r} ends at byte {end}, the file has {actual}. "
+                    "Download or copy it again."
+                )
+            parameters += int(tensor.n_elements)
+            if len(tensor.shape) >= 2:
+                tensor_types[tensor.tensor_type.name] += 1
+        size += actual
+        if first is None:
+            first = reader
+    if first is None:  # unreachable: paths is not empty; narrows the type
+        raise InvalidModelFile("No GGUF file given.")
+
+    def value(key: str) -> Any:
+        item = first.get_field(key)
+        return None if item is None else item.contents()
+
+    arch = str(value("general.architecture") or "unknown")
+    metadata: dict[str, Any] = {}
+    for key, item in first.fields.items():
+        if key.startswith("GGUF.") or key.startswith(_SKIP_PREFIXES):
+            continue
+        if item.types and item.types[0] != gguf.GGUFValueType.ARRAY:
+            content = item.contents()
+            if isinstance(content, float) and not math.isfinite(content):
+                content = str(content)
+            metadata[key] = content
+
+    def int_value(key: str) -> int:
+        raw = value(f"{arch}.{key}")
+        if isinstance(raw, list):  # per-layer head counts in some architectures
+            raw = max(raw) if raw else 0
+        return int(raw or 0)
+
+    tokens = first.get_field("tokenizer.ggml.tokens")
+    n_head = int_value("attention.head_count")
+    pooling = value(f"{arch}.pooling_type")
+    return GGUFInfo(
+        architecture=arch,
+        parameters=parameters,
+        quantization=_quant_name(value("general.file_type"), tensor_types),
+        context_length=int_value("context_length"),
+        has_chat_template=first.get_field("tokenizer.chat_template") is not None,
+        size=size,
+        n_layer=int_value("block_count"),
+        n_embd=int_value("embedding_length"),
+        n_head=n_head,
+        n_head_kv=int_value("attention.head_count_kv") or n_head,
+        n_vocab=len(tokens.data) if tokens is not None else 0,
+        pooling=None if pooling is None else int(pooling),
+        metadata=metadata,
+    )

@@ -1,0 +1,522 @@
+"""The on-disk model store: content-addressed blobs, one manifest per model, one index of names.
+
+Layout under the home folder::
+
+    blobs/sha256/<hex>               model files, named by their sha256
+    blobs/sha256/<hex>.incomplete    partial downloads (resumable)
+    models/<id hex>.json             one manifest per model: files, config, per-model settings
+    index.json                       {"tags": {"ai/tiny:latest": "sha256:<id>"}}
+    locks/                           filelock files (one per blob, one for the index)
+
+Names never become paths: a name maps to a model id through the index, and ids and digests are hex, so no
+name can address a file outside the store. Every write is atomic (temp file, fsync, rename) and a model
+appears in the index only after its blobs are complete and verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from mr_notebook.errors import DigestMismatch, LocalFileNotFound, ModelInUse, ModelNotFound, StoreError
+from mr_notebook.settings import default_home
+from mr_notebook.store.gguf_meta import GGUFInfo, format_bytes, format_parameters, read_gguf_info
+from mr_notebook.store.refs import ModelRef, parse_ref
+
+GGUF_MEDIA_TYPE = "application/vnd.docker.ai.gguf.v3"
+CHAT_TEMPLATE_MEDIA_TYPE = "application/vnd.docker.ai.chat.template.jinja"
+LICENSE_MEDIA_TYPE = "application/vnd.docker.ai.license"
+MMPROJ_MEDIA_TYPE = "application/vnd.docker.ai.mmproj"
+
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_ID_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})$")
+_CHUNK = 1024 * 1024
+#: Per-model settings a user may persist (applied at the next load).
+SETTING_KEYS = ("context_size", "keep_alive", "gpu_layers", "threads", "chat_template")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One blob of a model: weights (possibly several shards), chat template, license…"""
+
+    digest: str
+    size: int
+    media_type: str = GGUF_MEDIA_TYPE
+    name: str = ""
+
+
+@dataclass
+class ModelRecord:
+    """A stored model as ``list``/``inspect`` show it, plus where its files are."""
+
+    id: str
+    created: int
+    config: dict[str, Any]
+    files: list[ModelFile]
+    source: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    hints: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files if f.media_type == GGUF_MEDIA_TYPE)
+
+    @property
+    def name(self) -> str:
+        return self.tags[0] if self.tags else self.short_id
+
+    def to_json(self) -> dict[str, Any]:
+        """Docker Model Runner's shape (``docker model inspect``), plus our per-model settings."""
+        return {
+            "id": self.id,
+            "tags": list(self.tags),
+            "created": self.created,
+            "config": self.config,
+            "settings": dict(self.settings),
+        }
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """``sha256:<hex>`` of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return "sha256:" + digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"Could not write {path}: {exc.strerror or exc}. Check disk space and permissions.") from exc
+    _fsync_dir(path.parent)
+
+
+class Store:
+    """A model store rooted at ``home``; safe to share between processes."""
+
+    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.blobs_dir = self.home / "blobs" / "sha256"
+        self.models_dir = self.home / "models"
+        self.locks_dir = self.home / "locks"
+        self.index_path = self.home / "index.json"
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.home)!r})"
+
+    # ---------------------------------------------------------------- blobs (what pullers use)
+
+    def ensure(self) -> None:
+        """Create the folders (first write only; reading an empty store creates nothing)."""
+        for folder in (self.blobs_dir, self.models_dir, self.locks_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"Cannot create the model store at {self.home}: {exc.strerror}. "
+                                 "Set MR_NOTEBOOK_HOME to a writable folder.") from exc
+
+    @staticmethod
+    def _hex(digest: str) -> str:
+        match = _DIGEST.match(digest)
+        if match is None:
+            raise StoreError(f"Not a sha256 digest: {digest!r}")
+        return match.group(1)
+
+    def blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / self._hex(digest)
+
+    def partial_path(self, digest: str) -> Path:
+        return self.blobs_dir / f"{self._hex(digest)}.incomplete"
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_lock(self, digest: str, timeout: float = -1) -> FileLock:
+        """Held while a blob is written, so concurrent pulls of one model download it once."""
+        self.ensure()
+        return FileLock(str(self.locks_dir / f"blob-{self._hex(digest)}.lock"), timeout=timeout)
+
+    def index_lock(self) -> FileLock:
+        self.ensure()
+        return FileLock(str(self.locks_dir / "index.lock"))
+
+    def commit_partial(self, digest: str, computed: str | None = None) -> Path:
+        """Verify the ``.incomplete`` file against ``digest`` and publish it as the blob.
+
+        ``computed`` is the digest the caller hashed while writing (saves reading the file again). On a
+        mismatch the partial file is deleted and :class:`DigestMismatch` says so.
+        """
+        partial = self.partial_path(digest)
+        actual = computed or sha256_file(partial)
+        if actual != digest:
+            partial.unlink(missing_ok=True)
+            raise DigestMismatch(
+                f"Downloaded data does not match its digest (expected {digest}, got {actual}); "
+                "the partial file was deleted. Pull again; if it repeats, the registry serves a corrupt blob."
+            )
+        with open(partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, self.blob_path(digest))
+        _fsync_dir(self.blobs_dir)
+        return self.blob_path(digest)
+
+    def add_blob_file(self, src: Path, *, link: bool = True) -> ModelFile:
+        """Put a local file into the store (hard link when possible, else copy) and return its entry."""
+        digest = sha256_file(src)
+        with self.blob_lock(digest):
+            if not self.has_blob(digest):
+                partial = self.partial_path(digest)
+                partial.unlink(missing_ok=True)
+                linked = False
+                if link:
+                    try:
+                        os.link(src, partial)
+                        linked = True
+                    except OSError:
+                        linked = False  # another filesystem, or links not allowed: copy instead
+                if not linked:
+                    try:
+                        shutil.copyfile(src, partial)
+                    except OSError as exc:
+                        partial.unlink(missing_ok=True)
+                        raise StoreError(f"Could not copy {src} into the store: {exc.strerror}.") from exc
+                # Hash the copy, not the source: it catches a file that changed while it was copied.
+                self.commit_partial(digest, None if not linked else digest)
+        return ModelFile(digest=digest, size=src.stat().st_size, media_type=GGUF_MEDIA_TYPE, name=src.name)
+
+    # ---------------------------------------------------------------- index and manifests
+
+    def _read_index(self) -> dict[str, str]:
+        try:
+            with open(self.index_path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"The store index {self.index_path} is unreadable ({exc}). "
+                             "Restore it or run `mr-notebook purge`.") from exc
+        tags = data.get("tags", {}) if isinstance(data, dict) else {}
+        return {str(k): str(v) for k, v in tags.items()}
+
+    def _manifest_path(self, model_id: str) -> Path:
+        return self.models_dir / f"{self._hex(model_id)}.json"
+
+    def _read_manifest(self, model_id: str, tags: list[str]) -> ModelRecord | None:
+        try:
+            with open(self._manifest_path(model_id), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"The manifest of {model_id} is unreadable ({exc}); remove the model and pull it again.") from exc
+        return ModelRecord(
+            id=data["id"],
+            created=int(data.get("created", 0)),
+            config=data.get("config", {}),
+            files=[ModelFile(**f) for f in data.get("files", [])],
+            source=data.get("source", ""),
+            settings=data.get("settings", {}),
+            hints=data.get("hints", {}),
+            tags=sorted(tags),
+        )
+
+    def _write_manifest(self, record: ModelRecord) -> None:
+        data = asdict(record)
+        data.pop("tags")
+        write_json_atomic(self._manifest_path(record.id), data)
+
+    def _records(self, index: dict[str, str]) -> list[ModelRecord]:
+        by_id: dict[str, list[str]] = {}
+        for tag, model_id in index.items():
+            by_id.setdefault(model_id, []).append(tag)
+        records = [r for mid, tags in by_id.items() if (r := self._read_manifest(mid, tags)) is not None]
+        return sorted(records, key=lambda r: (-r.created, r.name))
+
+    def list(self) -> list[ModelRecord]:
+        """All stored models, newest first."""
+        return self._records(self._read_index())
+
+    def _find(self, index: dict[str, str], text: str | ModelRef) -> tuple[str, ModelRecord]:
+        """(the canonical name or id asked for, its record)."""
+        raw = str(text).strip()
+        ref = text if isinstance(text, ModelRef) else None
+        if ref is None:
+            id_match = _ID_PREFIX.match(raw)
+            try:
+                ref = parse_ref(raw)
+            except ValueError:
+                if id_match is None:
+                    raise
+        if ref is not None and ref.digest is not None:
+            for record in self._records(index):
+                if record.id == ref.digest or any(f.digest == ref.digest for f in record.files):
+                    return str(ref), record
+        elif ref is not None and str(ref) in index:
+            name = str(ref)
+            record = self._read_manifest(index[name], [t for t, i in index.items() if i == index[name]])
+            if record is not None:
+                return name, record
+        id_match = _ID_PREFIX.match(raw)
+        if id_match is not None:
+            found = [r for r in self._records(index) if r.id.removeprefix("sha256:").startswith(id_match.group(1))]
+            if len(found) == 1:
+                return found[0].id, found[0]
+        shown = str(ref) if ref is not None else raw
+        raise ModelNotFound(
+            f"Model {shown!r} is not in the store. Pull it with `mr-notebook pull {shown}` (in a notebook: "
+            f"`%model pull {shown}`), or see the stored models with `mr-notebook list`."
+        )
+
+    def get(self, name: str | ModelRef) -> ModelRecord:
+        """The stored model called ``name`` (a name, a digest reference or an id prefix)."""
+        return self._find(self._read_index(), name)[1]
+
+    def paths(self, record: ModelRecord, media_type: str = GGUF_MEDIA_TYPE) -> list[Path]:
+        """Blob paths of a model's files of one media type, in manifest order (shard 1 first)."""
+        return [self.blob_path(f.digest) for f in record.files if f.media_type == media_type]
+
+    @contextmanager
+    def _locked_index(self) -> Iterator[dict[str, str]]:
+        """Hold the index lock; the yielded dict is written back atomically when the block succeeds."""
+        with self.index_lock():
+            index = self._read_index()
+            before = dict(index)
+            yield index
+            if index != before:
+                write_json_atomic(self.index_path, {"tags": dict(sorted(index.items()))})
+
+    def create_model(
+        self,
+        names: Sequence[str | ModelRef],
+        files: Sequence[ModelFile],
+        *,
+        config: dict[str, Any] | None = None,
+        source: str = "",
+        model_id: str | None = None,
+        created: int | None = None,
+    ) -> ModelRecord:
+        """Publish a model whose blobs are already committed; ``names`` then point at it."""
+        refs = [n if isinstance(n, ModelRef) else parse_ref(n) for n in names]
+        gguf_paths = [self.blob_path(f.digest) for f in files if f.media_type == GGUF_MEDIA_TYPE]
+        if not gguf_paths:
+            raise StoreError("A model needs at least one GGUF file.")
+        info = read_gguf_info(gguf_paths)
+        if model_id is None:
+            listing = json.dumps([[f.media_type, f.digest] for f in files])
+            model_id = "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+        record = ModelRecord(
+            id=model_id,
+            created=int(created if created is not None else time.time()),
+            config=_config_from(info, config or {}),
+            files=list(files),
+            source=source,
+            hints=_hints_from(info),
+        )
+        self.ensure()
+        with self._locked_index() as index:
+            missing = [f.digest for f in files if not self.has_blob(f.digest)]
+            if missing:
+                raise StoreError(f"Blob {missing[0]} vanished before the model was saved; pull or package it again.")
+            old = self._read_manifest(model_id, [])
+            if old is not None:  # same content under a new name: keep its settings and age
+                record.settings, record.created = old.settings, old.created
+            self._write_manifest(record)
+            displaced = {index[str(r)] for r in refs if str(r) in index} - {model_id}
+            for ref in refs:
+                index[str(ref)] = model_id
+            for orphan in displaced:
+                if orphan not in index.values():
+                    self._delete_model(orphan, index)
+            record.tags = sorted(t for t, i in index.items() if i == model_id)
+        return record
+
+    def import_gguf(self, path: str | os.PathLike[str], name: str, *, link: bool = True) -> ModelRecord:
+        """Add a local GGUF file as model ``name`` (``mr-notebook package --gguf PATH NAME``)."""
+        src = Path(path).expanduser()
+        ref = parse_ref(name)
+        if not src.is_file():
+            raise LocalFileNotFound(f"No file at {src}. Give the path of a .gguf model file.")
+        read_gguf_info([src])  # refuse non-GGUF and damaged files before hashing gigabytes
+        entry = self.add_blob_file(src, link=link)
+        return self.create_model([ref], [entry], source=f"file://{src.resolve()}")
+
+    def tag(self, source: str, target: str) -> ModelRecord:
+        """Give the model ``source`` the extra name ``target``."""
+        new = parse_ref(target)
+        with self._locked_index() as index:
+            _, record = self._find(index, source)
+            displaced = index.get(str(new))
+            index[str(new)] = record.id
+            if displaced is not None and displaced != record.id and displaced not in index.values():
+                self._delete_model(displaced, index)
+            record.tags = sorted(t for t, i in index.items() if i == record.id)
+        return record
+
+    def remove(self, names: Iterable[str], *, force: bool = False) -> list[str]:
+        """Untag each name; a model with no name left is deleted with the blobs nothing else uses."""
+        done: list[str] = []
+        with self._locked_index() as index:
+            for text in names:
+                asked, record = self._find(index, text)
+                if asked in index:
+                    del index[asked]
+                    done.append(f"Untagged: {asked}")
+                else:  # asked by id or digest: that means every name
+                    tags = [t for t, i in index.items() if i == record.id]
+                    if len(tags) > 1 and not force:
+                        raise ModelInUse(
+                            f"Model {record.short_id} has several names ({', '.join(sorted(tags))}); "
+                            "remove them by name, or use force (-f) to remove them all."
+                        )
+                    for tag in tags:
+                        del index[tag]
+                        done.append(f"Untagged: {tag}")
+                if record.id not in index.values():
+                    self._delete_model(record.id, index)
+                    done.append(f"Deleted: {record.id}")
+        return done
+
+    def _delete_model(self, model_id: str, index: dict[str, str]) -> None:
+        """Drop a manifest and the blobs no remaining manifest uses (caller holds the index lock)."""
+        record = self._read_manifest(model_id, [])
+        self._manifest_path(model_id).unlink(missing_ok=True)
+        if record is None:
+            return
+        still_used = {f.digest for r in self._records(index) for f in r.files}
+        for entry in record.files:
+            if entry.digest not in still_used:
+                self.blob_path(entry.digest).unlink(missing_ok=True)
+
+    def configure(self, name: str, **settings: Any) -> ModelRecord:
+        """Persist per-model settings (``None`` clears one); they apply at the model's next load."""
+        unknown = set(settings) - set(SETTING_KEYS)
+        if unknown:
+            raise StoreError(f"Unknown model setting(s) {sorted(unknown)}; known: {', '.join(SETTING_KEYS)}.")
+        with self._locked_index() as index:
+            _, record = self._find(index, name)
+            for key, value in settings.items():
+                if value is None:
+                    record.settings.pop(key, None)
+                else:
+                    record.settings[key] = value
+            self._write_manifest(record)
+        return record
+
+    # ---------------------------------------------------------------- housekeeping
+
+    def prune(self) -> dict[str, int]:
+        """Delete partial downloads nobody is writing, blobs no model uses, and stray temp files."""
+        removed = reclaimed = 0
+        if not self.blobs_dir.is_dir():
+            return {"files": 0, "bytes": 0}
+        with self._locked_index() as index:
+            used = {self._hex(f.digest) for r in self._records(index) for f in r.files}
+            for path in list(self.blobs_dir.iterdir()):
+                stem = path.name.removesuffix(".incomplete")
+                if path.name.endswith(".incomplete"):
+                    try:  # a pull in progress holds the blob lock: leave its partial alone
+                        with self.blob_lock("sha256:" + stem, timeout=0):
+                            size = path.stat().st_size
+                            path.unlink()
+                    except (Timeout, StoreError, FileNotFoundError):
+                        continue
+                elif stem in used:
+                    continue
+                else:
+                    size = path.stat().st_size
+                    path.unlink()
+                removed += 1
+                reclaimed += size
+            for path in self.models_dir.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+        return {"files": removed, "bytes": reclaimed}
+
+    def purge(self) -> dict[str, int]:
+        """Delete every model, blob and partial download (the store folder stays)."""
+        usage = self.df()
+        with self.index_lock():
+            for folder in (self.blobs_dir, self.models_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+            self.index_path.unlink(missing_ok=True)
+        return {"models": usage["models"], "bytes": usage["blobs"] + usage["partials"]}
+
+    def df(self) -> dict[str, int]:
+        """Bytes used by blobs, by partial downloads, in total; and the model count."""
+        blobs = partials = 0
+        if self.blobs_dir.is_dir():
+            for path in self.blobs_dir.iterdir():
+                size = path.stat().st_size
+                if path.name.endswith(".incomplete"):
+                    partials += size
+                else:
+                    blobs += size
+        return {"blobs": blobs, "partials": partials, "total": blobs + partials, "models": len(self.list())}
+
+
+def _config_from(info: GGUFInfo, registry: dict[str, Any]) -> dict[str, Any]:
+    """Docker Model Runner's config block: from the GGUF header, the registry's values winning."""
+    config: dict[str, Any] = {
+        "format": "gguf",
+        "quantization": info.quantization,
+        "parameters": format_parameters(info.parameters),
+        "architecture": info.architecture,
+        "size": format_bytes(info.size),
+        "context_size": info.context_length or None,
+        "gguf": info.metadata,
+    }
+    for key, value in registry.items():
+        if value not in (None, "", {}):
+            config[key] = value
+    return config
+
+
+def _hints_from(info: GGUFInfo) -> dict[str, Any]:
+    """What the engine needs to estimate memory before it loads anything."""
+    return {
+        "size_bytes": info.size,
+        "parameters": info.parameters,
+        "context_length": info.context_length,
+        "n_layer": info.n_layer,
+        "n_embd": info.n_embd,
+        "n_head": info.n_head,
+        "n_head_kv": info.n_head_kv,
+        "n_vocab": info.n_vocab,
+        "pooling": info.pooling,
+        "has_chat_template": info.has_chat_template,
+    }
