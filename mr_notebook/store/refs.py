@@ -60,7 +60,8 @@ class ModelRef:
     @property
     def name(self) -> str:
         """Registry (when not Docker Hub) and repository, without tag or digest."""
-        if self.registry == DOCKER_HUB:
+        first = self.repository.split("/", 1)[0]
+        if self.registry == DOCKER_HUB and not ("." in first and "/" in self.repository):
             return self.repository
         return f"{self.registry}/{self.repository}"
 
@@ -124,7 +125,7 @@ def parse_ref(text: str) -> ModelRef:
             raise _invalid(text, f"the name component {part!r} is not valid")
     if registry == HUGGING_FACE and len(parts) != 2:
         raise _invalid(text, "a Hugging Face reference is hf.co/ORG/REPO[:QUANT]")
-    if len(parts) == 1:
+    if len(parts) == 1 and registry == DOCKER_HUB:
         parts = [DEFAULT_NAMESPACE, *parts]
     repository = "/".join(parts)
     if len(registry) + len(repository) + 1 > MAX_NAME:

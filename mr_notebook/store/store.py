@@ -15,6 +15,7 @@ appears in the index only after its blobs are complete and verified.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -148,8 +149,10 @@ class Store:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"Cannot create the model store at {self.home}: {exc.strerror}. "
-                                 "Set MR_NOTEBOOK_HOME to a writable folder.") from exc
+                raise StoreError(
+                    f"Cannot create the model store at {self.home}: {exc.strerror}. "
+                    "Set MR_NOTEBOOK_HOME to a writable folder."
+                ) from exc
 
     @staticmethod
     def _hex(digest: str) -> str:
@@ -229,8 +232,9 @@ class Store:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise StoreError(f"The store index {self.index_path} is unreadable ({exc}). "
-                             "Restore it or run `mr-notebook purge`.") from exc
+            raise StoreError(
+                f"The store index {self.index_path} is unreadable ({exc}). Restore it or run `mr-notebook purge`."
+            ) from exc
         tags = data.get("tags", {}) if isinstance(data, dict) else {}
         return {str(k): str(v) for k, v in tags.items()}
 
@@ -244,7 +248,9 @@ class Store:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise StoreError(f"The manifest of {model_id} is unreadable ({exc}); remove the model and pull it again.") from exc
+            raise StoreError(
+                f"The manifest of {model_id} is unreadable ({exc}); remove the model and pull it again."
+            ) from exc
         return ModelRecord(
             id=data["id"],
             created=int(data.get("created", 0)),
@@ -261,14 +267,14 @@ class Store:
         data.pop("tags")
         write_json_atomic(self._manifest_path(record.id), data)
 
-    def _records(self, index: dict[str, str]) -> list[ModelRecord]:
+    def _records(self, index: dict[str, str]) -> builtins.list[ModelRecord]:
         by_id: dict[str, list[str]] = {}
         for tag, model_id in index.items():
             by_id.setdefault(model_id, []).append(tag)
         records = [r for mid, tags in by_id.items() if (r := self._read_manifest(mid, tags)) is not None]
         return sorted(records, key=lambda r: (-r.created, r.name))
 
-    def list(self) -> list[ModelRecord]:
+    def list(self) -> builtins.list[ModelRecord]:
         """All stored models, newest first."""
         return self._records(self._read_index())
 
@@ -289,14 +295,15 @@ class Store:
                     return str(ref), record
         elif ref is not None and str(ref) in index:
             name = str(ref)
-            record = self._read_manifest(index[name], [t for t, i in index.items() if i == index[name]])
-            if record is not None:
-                return name, record
+            found = self._read_manifest(index[name], [t for t, i in index.items() if i == index[name]])
+            if found is not None:
+                return name, found
         id_match = _ID_PREFIX.match(raw)
         if id_match is not None:
-            found = [r for r in self._records(index) if r.id.removeprefix("sha256:").startswith(id_match.group(1))]
-            if len(found) == 1:
-                return found[0].id, found[0]
+            prefix = id_match.group(1)
+            matches = [r for r in self._records(index) if r.id.removeprefix("sha256:").startswith(prefix)]
+            if len(matches) == 1:
+                return matches[0].id, matches[0]
         shown = str(ref) if ref is not None else raw
         raise ModelNotFound(
             f"Model {shown!r} is not in the store. Pull it with `mr-notebook pull {shown}` (in a notebook: "
@@ -307,7 +314,7 @@ class Store:
         """The stored model called ``name`` (a name, a digest reference or an id prefix)."""
         return self._find(self._read_index(), name)[1]
 
-    def paths(self, record: ModelRecord, media_type: str = GGUF_MEDIA_TYPE) -> list[Path]:
+    def paths(self, record: ModelRecord, media_type: str = GGUF_MEDIA_TYPE) -> builtins.list[Path]:
         """Blob paths of a model's files of one media type, in manifest order (shard 1 first)."""
         return [self.blob_path(f.digest) for f in record.files if f.media_type == media_type]
 
@@ -388,9 +395,9 @@ class Store:
             record.tags = sorted(t for t, i in index.items() if i == record.id)
         return record
 
-    def remove(self, names: Iterable[str], *, force: bool = False) -> list[str]:
+    def remove(self, names: Iterable[str], *, force: bool = False) -> builtins.list[str]:
         """Untag each name; a model with no name left is deleted with the blobs nothing else uses."""
-        done: list[str] = []
+        done: builtins.list[str] = []
         with self._locked_index() as index:
             for text in names:
                 asked, record = self._find(index, text)

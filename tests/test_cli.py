@@ -1,0 +1,86 @@
+"""`mr-notebook` store commands, run as a real subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mr_notebook.testing import TinyModelFactory
+
+
+def mr(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mr_notebook.cli", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_package_list_inspect_tag_rm(store_home: Path, tiny_model: Path) -> None:
+    done = mr("package", "--gguf", str(tiny_model), "ai/tiny:v1", home=store_home)
+    assert done.returncode == 0, done.stderr
+    assert "Model ai/tiny:v1 packaged" in done.stdout
+
+    table = mr("list", home=store_home).stdout.splitlines()
+    assert table[0].split("   ")[0] == "MODEL NAME"
+    for column in ("PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE"):
+        assert column in table[0]
+    assert table[1].startswith("ai/tiny:v1") and "F16" in table[1] and "llama" in table[1] and "512" in table[1]
+
+    listed = json.loads(mr("list", "--json", home=store_home).stdout)
+    assert list(listed[0]) == ["id", "tags", "created", "config"]
+    assert listed[0]["tags"] == ["ai/tiny:v1"]
+    assert listed[0]["config"]["architecture"] == "llama"
+    assert mr("ls", "-q", home=store_home).stdout.strip() == listed[0]["id"][7:19]
+
+    inspected = json.loads(mr("inspect", "tiny:v1", home=store_home).stdout)
+    assert inspected["id"] == listed[0]["id"] and inspected["config"]["quantization"] == "F16"
+
+    assert mr("tag", "ai/tiny:v1", "tiny:copy", home=store_home).returncode == 0
+    assert json.loads(mr("inspect", "ai/tiny:copy", home=store_home).stdout)["id"] == listed[0]["id"]
+    removed = mr("rm", "ai/tiny:v1", "tiny:copy", home=store_home)
+    assert removed.returncode == 0
+    assert "Deleted: " + listed[0]["id"] in removed.stdout
+    assert mr("list", "-q", home=store_home).stdout == ""
+
+
+def test_unknown_model_exits_1_and_says_how_to_get_it(store_home: Path) -> None:
+    done = mr("inspect", "ai/nothing", home=store_home)
+    assert done.returncode == 1
+    assert "mr-notebook pull ai/nothing:latest" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_usage_errors_exit_2(store_home: Path) -> None:
+    assert mr("package", "x", home=store_home).returncode == 2  # --gguf missing
+    assert mr("frobnicate", home=store_home).returncode == 2
+    bad = mr("package", "--gguf", "/nonexistent.gguf", "Bad Name", home=store_home)
+    assert bad.returncode == 1 and "Accepted forms" in bad.stderr
+
+
+def test_corrupt_file_is_refused(store_home: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04 not a model")
+    done = mr("package", "--gguf", str(junk), "junk", home=store_home)
+    assert done.returncode == 1 and "not a GGUF model file" in done.stderr
+    assert mr("list", "-q", home=store_home).stdout == ""
+
+
+def test_df_prune_purge(store_home: Path, tiny_model_factory: TinyModelFactory) -> None:
+    mr("package", "--gguf", str(tiny_model_factory()), "one", home=store_home)
+    mr("package", "--gguf", str(tiny_model_factory(reply="Two.")), "two", home=store_home)
+    partial = store_home / "blobs" / "sha256" / ("4" * 64 + ".incomplete")
+    partial.write_bytes(b"z" * 2048)
+    df = mr("df", home=store_home).stdout
+    assert "Models" in df and "Partial downloads" in df and "2.00 KiB" in df
+    assert "Removed 1 unused file(s), reclaimed 2.00 KiB" in mr("prune", home=store_home).stdout
+    refused = mr("purge", home=store_home, stdin="")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    assert len(mr("list", "-q", home=store_home).stdout.split()) == 2
+    assert "Deleted 2 model(s)" in mr("purge", "-f", home=store_home).stdout
+    assert mr("list", "-q", home=store_home).stdout == ""
