@@ -88,6 +88,13 @@ class PullError(MrNotebookError, ConnectionError):
     code = "pull_failed"
 
 
+class RemoteNotFound(PullError, LookupError):
+    """The registry or Hub has no such repository, tag or file (HTTP 404)."""
+
+    http_status = 404
+    code = "remote_model_not_found"
+
+
 class AuthenticationRequired(PullError, PermissionError):
     """The registry wants credentials we do not have."""
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from mr_notebook.testing import TinyModelFactory
+from mr_notebook.testing.registry import LocalRegistry
 
 
 def mr(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,3 +85,22 @@ def test_df_prune_purge(store_home: Path, tiny_model_factory: TinyModelFactory) 
     assert len(mr("list", "-q", home=store_home).stdout.split()) == 2
     assert "Deleted 2 model(s)" in mr("purge", "-f", home=store_home).stdout
     assert mr("list", "-q", home=store_home).stdout == ""
+
+
+def test_pull_from_a_local_registry(store_home: Path, tiny_model: Path, local_registry: LocalRegistry) -> None:
+    local_registry.push_model("ai/tiny", "1B-Q8_0", [tiny_model])
+    name = f"{local_registry.host}/ai/tiny:1B-Q8_0"
+    done = mr("pull", name, home=store_home)
+    assert done.returncode == 0, done.stderr
+    assert f"Model {name} pulled" in done.stdout
+    assert "B/s" in done.stderr  # the progress bar (bytes, speed) goes to stderr
+    row = mr("list", home=store_home).stdout.splitlines()[1]
+    assert row.startswith(name) and "Q8_0" in row and "llama" in row
+    again = mr("pull", name, home=store_home)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_pull_of_a_missing_model_says_so(store_home: Path, local_registry: LocalRegistry) -> None:
+    done = mr("pull", f"{local_registry.host}/ai/nothing:v1", home=store_home)
+    assert done.returncode == 1
+    assert "ai/nothing" in done.stderr and "Traceback" not in done.stderr
