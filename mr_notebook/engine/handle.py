@@ -1,0 +1,263 @@
+"""The host side of one worker process: start it, multiplex requests over its socket, notice its death."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mr_notebook
+from mr_notebook.engine.memory import Estimate
+from mr_notebook.engine.protocol import MAX_LINE, decode, encode, to_exception
+from mr_notebook.errors import Cancelled, ModelLoadError, MrNotebookError, WorkerCrashed
+
+log = logging.getLogger(__name__)
+
+#: How long a worker may take to exit after ``shutdown`` before it is killed.
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass
+class Pending:
+    """One request sent to the worker; its messages arrive on ``queue``."""
+
+    rid: int
+    queue: asyncio.Queue[dict[str, Any] | MrNotebookError] = field(default_factory=asyncio.Queue)
+    finished: bool = False
+
+
+def exit_reason(returncode: int | None) -> str:
+    """``"was killed by SIGKILL"`` or ``"exited with code 1"``."""
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class WorkerHandle:
+    """One loaded model's worker process, as the Runner sees it."""
+
+    def __init__(
+        self,
+        name: str,
+        model_id: str,
+        config: dict[str, Any],
+        estimate: Estimate,
+        keep_alive: float,
+        on_exit: Callable[[WorkerHandle], None],
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.id = model_id
+        self.config = config
+        self.estimate = estimate
+        self.keep_alive = keep_alive
+        self.pid = 0
+        self.n_ctx = int(config.get("n_ctx", 0))
+        self.loaded_at = self.last_used = time.time()
+        #: Requests the Runner accepted for this model and has not finished (queued or running).
+        self.active = 0
+        self.running: set[int] = set()
+        self.expires_at: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self._on_exit = on_exit
+        self._extra_env = dict(extra_env or {})
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Pending] = {}
+        self._stderr: deque[str] = deque(maxlen=30)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and not self.closing
+
+    @property
+    def queued(self) -> int:
+        return max(self.active - len(self.running), 0)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The worker must import this very package, even when it runs from a source tree.
+        root = str(Path(mr_notebook.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        env.update(self._extra_env)
+        return env
+
+    async def start(self, timeout: float) -> None:
+        """Spawn the worker and wait until the model is loaded (``ModelLoadError`` if it is not)."""
+        ours, theirs = socket.socketpair()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mr_notebook.engine.worker",
+                "--fd",
+                str(theirs.fileno()),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+                env=self._env(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.pid = self._proc.pid
+        self._reader, self._writer = await asyncio.open_connection(sock=ours, limit=MAX_LINE)
+        self._tasks.append(asyncio.create_task(self._drain_stderr()))
+        self._writer.write(encode({"op": "load", "config": self.config}))
+        try:
+            ready = await asyncio.wait_for(self._reader.readline(), timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ModelLoadError(
+                f"Model {self.name} did not load within {timeout:g} s ({self.config['path']}); the machine may "
+                "be short of memory or the file very large. Try again, or raise the load timeout."
+            ) from None
+        message = decode(ready) if ready else None
+        if message is None or message.get("type") != "ready":
+            await self.close()
+            if message is not None and message.get("type") == "error":
+                raise to_exception(message["error"])
+            tail = " | ".join(list(self._stderr)[-5:])
+            raise ModelLoadError(
+                f"The worker for model {self.name} {exit_reason(self._proc.returncode)} while loading "
+                f"{self.config['path']}"
+                + (f": {tail}" if tail else "")
+                + ". The file may be damaged; remove the model and pull (or package) it again."
+            )
+        self.n_ctx = int(message.get("n_ctx", self.n_ctx))
+        self.loaded_at = self.last_used = time.time()
+        self._tasks.append(asyncio.create_task(self._dispatch()))
+
+    async def _drain_stderr(self) -> None:
+        """Keep the pipe flowing (a full pipe would stall the worker) and the last lines for errors."""
+        if self._proc is None or self._proc.stderr is None:
+            return
+        async for raw in self._proc.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self._stderr.append(line)
+                log.debug("worker %s (%s): %s", self.pid, self.name, line)
+
+    async def _dispatch(self) -> None:
+        """Route worker messages to their requests; at end of input, fail what is left."""
+        if self._reader is None or self._proc is None:
+            return
+        try:
+            while line := await self._reader.readline():
+                message = decode(line)
+                pending = self._pending.get(message.get("id", -1))
+                if pending is None:
+                    continue  # a request that was cancelled on this side
+                kind = message.get("type")
+                if kind == "started":
+                    self.running.add(pending.rid)
+                    continue
+                pending.queue.put_nowait(message)
+        except (OSError, ValueError) as exc:
+            log.warning("lost the connection to worker %s (%s): %s", self.pid, self.name, exc)
+        returncode = await self._proc.wait()
+        if not self.closing:
+            tail = " | ".join(list(self._stderr)[-3:])
+            error = WorkerCrashed(
+                f"The worker process for model {self.name} (pid {self.pid}) {exit_reason(returncode)} while "
+                "serving this request. The next request starts a fresh worker; if this repeats, check free "
+                "memory (the system may have killed it)" + (f". Last worker output: {tail}" if tail else ".")
+            )
+            self._fail_all(error)
+        self._on_exit(self)
+
+    def _fail_all(self, error: MrNotebookError) -> None:
+        for pending in list(self._pending.values()):
+            pending.queue.put_nowait(error)
+        self.running.clear()
+
+    def submit(self, op: str, payload: dict[str, Any]) -> Pending:
+        if self._writer is None or not self.alive:
+            raise WorkerCrashed(f"The worker for model {self.name} has ended; send the request again.")
+        pending = Pending(next(self._ids))
+        self._pending[pending.rid] = pending
+        self._writer.write(encode({"op": op, "id": pending.rid, **payload}))
+        return pending
+
+    async def receive(self, pending: Pending) -> dict[str, Any]:
+        """The next message for a request; a worker error or crash is raised."""
+        message = await pending.queue.get()
+        if isinstance(message, MrNotebookError):
+            pending.finished = True
+            raise message
+        kind = message.get("type")
+        if kind == "error":
+            pending.finished = True
+            raise to_exception(message["error"])
+        if kind in ("done", "result"):
+            pending.finished = True
+        return message
+
+    def finish(self, pending: Pending) -> None:
+        """Forget a request; one that has not finished is cancelled in the worker."""
+        self._pending.pop(pending.rid, None)
+        self.running.discard(pending.rid)
+        if not pending.finished and self.alive and self._writer is not None:
+            self._writer.write(encode({"op": "cancel", "id": pending.rid}))
+
+    async def call(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One request, one answer."""
+        pending = self.submit(op, payload)
+        try:
+            while True:
+                message = await self.receive(pending)
+                if pending.finished:
+                    return message
+        finally:
+            self.finish(pending)
+
+    async def close(self) -> None:
+        """End the worker (``shutdown``, then SIGKILL after a grace period); requests left get ``Cancelled``."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.closing = True
+        self._fail_all(
+            Cancelled(
+                f"Model {self.name} was unloaded while this request was waiting or running; send it again to "
+                "load the model anew."
+            )
+        )
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            if self._writer is not None and not self._writer.is_closing():
+                self._writer.write(encode({"op": "shutdown"}))
+            try:
+                await asyncio.wait_for(proc.wait(), SHUTDOWN_GRACE)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._writer is not None:
+            self._writer.close()
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                try:
+                    await asyncio.wait_for(task, SHUTDOWN_GRACE)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    pass

@@ -1,0 +1,92 @@
+"""What the engine hands back: streamed chunks, whole completions, embeddings, loaded-model status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Usage:
+    """Token counts of one request (OpenAI's ``usage``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass
+class Chunk:
+    """One streamed delta; ``finish_reason`` and ``usage`` are set on the last chunk only."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    #: OpenAI ``logprobs.content`` entries for this delta, when the request asked for logprobs.
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Completion:
+    """A whole answer, built from a stream by :func:`collect`."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    logprobs: list[dict[str, Any]] | None = None
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> Completion:
+    """Drain a stream into one :class:`Completion` (the non-streaming form of every operation)."""
+    parts: list[str] = []
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage = Usage()
+    async for chunk in stream:
+        parts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs = (logprobs or []) + chunk.logprobs
+        if chunk.finish_reason is not None:
+            finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return Completion("".join(parts), finish_reason, usage, logprobs)
+
+
+@dataclass
+class EmbeddingResult:
+    """One vector per input, in input order."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass
+class ModelStatus:
+    """One loaded model, as ``ps`` shows it."""
+
+    model: str
+    id: str
+    pid: int
+    memory: int
+    context_size: int
+    keep_alive: float
+    expires_at: float | None
+    loaded_at: float
+    last_used: float
+    in_flight: int
+    queued: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
