@@ -1,0 +1,67 @@
+"""What a host hands to the handlers through the Tornado application settings (no globals)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mr_notebook.api.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mr_notebook.engine import Runner
+    from mr_notebook.store import Store
+
+#: Key of the :class:`ApiContext` in ``tornado.web.Application.settings``.
+SETTINGS_KEY = "mr_notebook"
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Request limits (the queue length lives in ``EngineSettings.max_queue``)."""
+
+    #: Request bodies above this many bytes get 413.
+    max_body_size: int = DEFAULT_MAX_BODY
+    #: Cap on ``max_tokens`` (None: only the model's context caps it).
+    max_tokens: int | None = None
+
+
+@dataclass
+class ApiContext:
+    """The store, the runner and the limits one app serves; created by the host."""
+
+    store: Store
+    runner: Runner
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    metrics: Metrics = field(default_factory=Metrics)
+    #: "jupyter", "standalone" or "kernel": shown by /engines/status.
+    mode: str = "standalone"
+    _started: bool = False
+    _start_lock: asyncio.Lock | None = None
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def ready_runner(self) -> Runner:
+        """The runner, started on the serving loop the first time a request needs it."""
+        if not self._started:
+            if self._start_lock is None:
+                self._start_lock = asyncio.Lock()
+            async with self._start_lock:
+                if not self._started:
+                    await self.runner.start()
+                    self._started = True
+        return self.runner
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` after the response, keeping a reference so the task is not garbage collected."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Wait for background work, then end every worker process."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.runner.close()

@@ -1,0 +1,292 @@
+"""Chat and text completions: one engine stream, answered as OpenAI JSON or Server-Sent Events.
+
+Streams follow what the OpenAI SDK parses: a first chunk with the role, content deltas (flushed one by one), a
+chunk with ``finish_reason``, an optional usage chunk with empty choices, then ``data: [DONE]``. Closing the
+engine stream on every path (client gone, error, done) is what cancels unfinished generation in the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from mr_notebook.api.base import ApiHandler, describe_error
+from mr_notebook.api.openai_routes import body_model, include_usage, optional_bool
+from mr_notebook.engine import Chunk, GenerationParams, collect
+from mr_notebook.errors import InvalidRequest, MrNotebookError
+from mr_notebook.store import parse_ref
+
+_SLOT = "\x00mr-notebook-delta\x00"
+_SLOT_JSON = json.dumps(_SLOT)
+
+
+class _Tap:
+    """Passes chunks through, noting when the first and last arrived and the final usage."""
+
+    def __init__(self, stream: AsyncIterator[Chunk]) -> None:
+        self.stream = stream
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __aiter__(self) -> _Tap:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        chunk = await self.stream.__anext__()
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+        if chunk.usage is not None:
+            self.prompt_tokens = chunk.usage.prompt_tokens
+            self.completion_tokens = chunk.usage.completion_tokens
+        return chunk
+
+    async def close(self) -> None:
+        closer = getattr(self.stream, "aclose", None)
+        if closer is None:
+            return
+        try:
+            await closer()
+        except RuntimeError:
+            pass  # the generator is mid-step in a cancelled task; its own cleanup cancels the request
+
+
+class GenerationHandler(ApiHandler):
+    """Shared machinery of chat and text completions."""
+
+    object_name = "chat.completion"
+    id_prefix = "chatcmpl-"
+
+    def params(self, body: dict[str, Any]) -> GenerationParams:
+        params = GenerationParams.from_request(body)
+        cap = self.ctx.limits.max_tokens
+        if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
+            params.max_tokens = cap
+        return params
+
+    def opening_choice(self) -> dict[str, Any] | None:
+        """The first streamed choice, before any text (chat: the role)."""
+        return None
+
+    def delta_choice(self, chunk: Chunk) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def finish_choice(self, finish_reason: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def whole_choice(
+        self, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def respond(self, model: str, stream: AsyncIterator[Chunk], *, streaming: bool, usage: bool) -> None:
+        """Answer from the engine stream, closing it on every path (which cancels unfinished work)."""
+        tap = _Tap(stream)
+        try:
+            if streaming:
+                await self._stream(model, tap, usage)
+            else:
+                result = await collect(tap)
+                self.write_json(
+                    self._envelope(
+                        model,
+                        self.object_name,
+                        [self.whole_choice(result.text, result.finish_reason, result.logprobs)],
+                        usage=result.usage.to_json(),
+                    )
+                )
+            self._record(model, tap)
+        finally:
+            await tap.close()
+
+    def _envelope(self, model: str, obj: str, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": obj,
+            "created": self._created,
+            "model": model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+
+    async def _stream(self, model: str, tap: _Tap, usage: bool) -> None:
+        try:
+            first: Chunk | None = await tap.__anext__()
+        except StopAsyncIteration:
+            first = None
+        # Errors before the first token were raised above as a proper HTTP status; from here on it is 200.
+        self.start_stream("text/event-stream")
+        chunk_object = self.object_name + ".chunk" if self.object_name == "chat.completion" else self.object_name
+        extra = {"usage": None} if usage else {}
+
+        def event(choices: list[dict[str, Any]], **more: Any) -> str:
+            return json.dumps(self._envelope(model, chunk_object, choices, **{**extra, **more}))
+
+        # Text deltas are the hot path (one per token): render the envelope once, splice each text in.
+        head, tail = event([self.delta_choice(Chunk(text=_SLOT))]).split(_SLOT_JSON)
+        finish_reason: str | None = None
+        try:
+            opening = self.opening_choice()
+            if opening is not None:
+                self.write(f"data: {event([opening])}\n\n")  # flushed with the first delta
+            chunk = first
+            while chunk is not None:
+                if chunk.logprobs:
+                    await self.send_event(event([self.delta_choice(chunk)]))
+                elif chunk.text:
+                    await self.send_event(head + json.dumps(chunk.text) + tail)
+                if chunk.finish_reason is not None:
+                    finish_reason = chunk.finish_reason
+                try:
+                    chunk = await tap.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            await self.send_event(event([self.finish_choice(finish_reason)]))
+            if usage:
+                await self.send_event(
+                    event(
+                        [],
+                        usage={
+                            "prompt_tokens": tap.prompt_tokens,
+                            "completion_tokens": tap.completion_tokens,
+                            "total_tokens": tap.prompt_tokens + tap.completion_tokens,
+                        },
+                    )
+                )
+            await self.send_event("[DONE]")
+        except StreamClosedError:
+            self.mark_client_gone()
+        except MrNotebookError as exc:  # e.g. the worker crashed mid-stream: tell the client in the stream
+            _, body = describe_error(exc, 500, self.request.method or "", self.request.path)
+            try:
+                await self.send_event(json.dumps(body))
+            except StreamClosedError:
+                self.mark_client_gone()
+
+    def _record(self, model: str, tap: _Tap) -> None:
+        if tap.first_at is None or self.client_gone:
+            return
+        try:
+            label = str(parse_ref(model))  # one series per model, however it was spelled
+        except ValueError:
+            label = model
+        self.ctx.metrics.generation(
+            label,
+            prompt_tokens=tap.prompt_tokens,
+            completion_tokens=tap.completion_tokens,
+            ttft=tap.first_at - self.started_at,
+            duration=(tap.last_at or tap.first_at) - tap.first_at,
+        )
+
+    def begin(self) -> None:
+        self._id = self.id_prefix + uuid.uuid4().hex[:24]
+        self._created = int(time.time())
+
+
+class ChatCompletionsHandler(GenerationHandler):
+    route_name = "chat_completions"
+
+    def opening_choice(self) -> dict[str, Any] | None:
+        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def delta_choice(self, chunk: Chunk) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "delta": {"content": chunk.text},
+            "logprobs": {"content": chunk.logprobs} if chunk.logprobs else None,
+            "finish_reason": None,
+        }
+
+    def finish_choice(self, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
+
+    def whole_choice(
+        self, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": {"content": logprobs} if logprobs is not None else None,
+            "finish_reason": finish_reason,
+        }
+
+    @tornado.web.authenticated
+    async def post(self, path_model: str | None = None) -> None:
+        self.begin()
+        body = self.json_body()
+        model = body_model(body, path_model)
+        streaming, usage = optional_bool(body, "stream"), include_usage(body)
+        params = self.params(body)
+        messages = body.get("messages")
+        runner = await self.ctx.ready_runner()
+        await self.run_cancellable(
+            self.respond(
+                model,
+                runner.chat(model, messages, params),  # type: ignore[arg-type]
+                streaming=streaming,
+                usage=usage,
+            )
+        )
+
+
+def _legacy_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Chat-style ``logprobs.content`` entries in the legacy completions shape."""
+    if not entries:
+        return None
+    return {
+        "tokens": [e.get("token") for e in entries],
+        "token_logprobs": [e.get("logprob") for e in entries],
+        "top_logprobs": [{t.get("token"): t.get("logprob") for t in e.get("top_logprobs") or []} for e in entries],
+        "text_offset": [],
+    }
+
+
+class CompletionsHandler(GenerationHandler):
+    route_name = "completions"
+    object_name = "text_completion"
+    id_prefix = "cmpl-"
+
+    def delta_choice(self, chunk: Chunk) -> dict[str, Any]:
+        return {"index": 0, "text": chunk.text, "logprobs": _legacy_logprobs(chunk.logprobs), "finish_reason": None}
+
+    def finish_choice(self, finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+
+    def whole_choice(
+        self, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        return {"index": 0, "text": text, "logprobs": _legacy_logprobs(logprobs), "finish_reason": finish_reason}
+
+    @tornado.web.authenticated
+    async def post(self, path_model: str | None = None) -> None:
+        self.begin()
+        body = self.json_body()
+        model = body_model(body, path_model)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise InvalidRequest("prompt must be a string (one prompt per request).", "prompt")
+        if optional_bool(body, "echo"):
+            raise InvalidRequest("echo is not supported; the prompt is what you sent.", "echo")
+        if body.get("suffix") is not None:
+            raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", "suffix")
+        best_of = body.get("best_of")
+        if best_of not in (None, 1):
+            raise InvalidRequest("best_of must be 1: send one request per answer you need.", "best_of")
+        streaming, usage = optional_bool(body, "stream"), include_usage(body)
+        params = self.params(body)
+        runner = await self.ctx.ready_runner()
+        await self.run_cancellable(
+            self.respond(model, runner.complete(model, prompt, params), streaming=streaming, usage=usage)
+        )

@@ -1,0 +1,136 @@
+"""OpenAI-compatible routes besides generation: embeddings and the model list; request helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+
+from mr_notebook.api.base import ApiHandler
+from mr_notebook.errors import InvalidRequest
+from mr_notebook.store import parse_ref
+
+#: Who owns the models in /v1/models (Docker Model Runner's convention).
+OWNED_BY = "docker"
+
+
+def body_model(body: dict[str, Any], path_model: str | None) -> str:
+    """The body's ``model`` wins; the model-in-path form (/engines/{model}/v1/…) may omit it."""
+    model = body.get("model")
+    if model is None or model == "":
+        if path_model:
+            return path_model
+        raise InvalidRequest("model is required: give a stored model name such as ai/smollm2.", "model")
+    if not isinstance(model, str):
+        raise InvalidRequest(f"model must be a string, not {type(model).__name__}.", "model")
+    return model
+
+
+def optional_bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be true or false, not {value!r}.", key)
+    return value
+
+
+def include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest('stream_options must be an object like {"include_usage": true}.', "stream_options")
+    return optional_bool(options, "include_usage")
+
+
+def _as_base64(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format: base64``: little-endian float32 (the SDK's default request)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+class EmbeddingsHandler(ApiHandler):
+    route_name = "embeddings"
+
+    async def _texts(self, model: str, value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+        runner = await self.ctx.ready_runner()
+
+        def is_tokens(v: Any) -> bool:
+            return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+        # Token arrays (LangChain sends them by default): back to text for this model's tokenizer.
+        if is_tokens(value):
+            return [await runner.detokenize(model, value)]
+        if isinstance(value, list) and value and all(is_tokens(v) for v in value):
+            return [await runner.detokenize(model, v) for v in value]
+        raise InvalidRequest("input must be a non-empty string, a list of strings, or token arrays.", "input")
+
+    @tornado.web.authenticated
+    async def post(self, path_model: str | None = None) -> None:
+        body = self.json_body()
+        model = body_model(body, path_model)
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise InvalidRequest('encoding_format must be "float" or "base64".', "encoding_format")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)):
+            raise InvalidRequest("dimensions must be an integer.", "dimensions")
+        texts = await self._texts(model, body.get("input"))
+        runner = await self.ctx.ready_runner()
+        result = await runner.embed(model, texts)
+        if dimensions is not None and result.vectors and dimensions != len(result.vectors[0]):
+            raise InvalidRequest(
+                f"This model's embeddings have {len(result.vectors[0])} dimensions; omit dimensions or "
+                f"ask for {len(result.vectors[0])}.",
+                "dimensions",
+            )
+        encode: Callable[[list[float]], Any] = _as_base64 if encoding == "base64" else list
+        self.write_json(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(result.vectors)
+                ],
+                "model": model,
+                "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+            }
+        )
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": OWNED_BY}
+
+
+class OpenAIModelsHandler(ApiHandler):
+    """``GET …/v1/models``: every stored name (each tag is a usable model id)."""
+
+    route_name = "v1_models"
+
+    @tornado.web.authenticated
+    async def get(self, path_model: str | None = None) -> None:
+        records = await asyncio.to_thread(self.ctx.store.list)
+        data = [_model_object(tag, r.created) for r in records for tag in r.tags]
+        self.write_json({"object": "list", "data": data})
+
+
+class OpenAIModelHandler(ApiHandler):
+    """``GET …/v1/models/{ref}``: one model, or 404 model_not_found with the pull hint."""
+
+    route_name = "v1_model"
+
+    @tornado.web.authenticated
+    async def get(self, path_model: str | None = None, ref: str = "") -> None:
+        record = await asyncio.to_thread(self.ctx.store.get, ref)
+        try:
+            name = str(parse_ref(ref))
+        except ValueError:
+            name = record.name
+        self.write_json(_model_object(name if name in record.tags else record.name, record.created))
