@@ -1,0 +1,305 @@
+"""How magics show things: tables that are also data, streamed Markdown, progress bars, short errors.
+
+Tables are returned, not printed: ``%model list`` gives a :class:`Table` (a ``list`` of dicts) whose
+representation is the table, HTML with a text/plain fallback in a notebook and aligned text in a
+terminal. As the last line of a cell it is shown once (IPython's Out); ``models = %model list`` shows
+nothing and keeps the data; ``display(%model list)`` shows it anywhere else in a cell.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mr_notebook.errors import MrNotebookError
+
+_RED, _RESET = "\x1b[31m", "\x1b[0m"
+
+
+def _text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = ["   ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> str:
+    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
+    )
+    if not rows:
+        body = f"<tr><td colspan='{len(columns)}'><i>{html.escape(empty)}</i></td></tr>"
+    return f"<table class='mr-notebook'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Table(list[dict[str, Any]]):
+    """A list of dicts (the data) whose representation is a table (the view)."""
+
+    def __init__(
+        self,
+        data: Sequence[dict[str, Any]],
+        columns: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        empty: str = "Nothing to show.",
+    ) -> None:
+        super().__init__(data)
+        self.columns = list(columns)
+        self.rows = [list(r) for r in rows]
+        self.empty = empty
+
+    def __repr__(self) -> str:
+        return _text_table(self.columns, self.rows) if self.rows else self.empty
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        return _html_table(self.columns, self.rows, self.empty)
+
+
+class Record(dict[str, Any]):
+    """A dict (the data) shown as a two-column table of selected fields."""
+
+    def __init__(self, data: dict[str, Any], fields: Sequence[tuple[str, str]]) -> None:
+        super().__init__(data)
+        self.fields = list(fields)
+
+    def __repr__(self) -> str:
+        width = max((len(k) for k, _ in self.fields), default=0)
+        return "\n".join(f"{k.ljust(width)}   {v}" for k, v in self.fields)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(v)}</td></tr>"
+            for k, v in self.fields
+        )
+        return f"<table class='mr-notebook'><tbody>{rows}</tbody></table>"
+
+
+class MarkdownText:
+    """Markdown for notebooks, the same text for plain-text front ends (``Markdown``'s plain repr is
+    an unhelpful ``<IPython.core.display.Markdown object>``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+# ---------------------------------------------------------------------- formatting helpers
+def _unix(value: Any) -> float | None:
+    """Unix seconds from a number or an ISO 8601 string (the HTTP API sends ISO, the Runner numbers)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if value else None
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def ago(timestamp: Any, now: float | None = None) -> str:
+    """1700000000 (or "2024-01-01T00:00:00Z") → "3 minutes ago" (Docker's CREATED column)."""
+    moment = _unix(timestamp)
+    if moment is None:
+        return ""
+    seconds = (now if now is not None else time.time()) - moment
+    future = seconds < 0
+    seconds = abs(seconds)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or unit == "second":
+            count = int(seconds // size)
+            if unit == "second" and count < 5:
+                return "just now"
+            words = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {words}" if future else f"{words} ago"
+    return ""  # unreachable
+
+
+def size_text(value: Any) -> str:
+    from mr_notebook.store import format_bytes
+
+    return format_bytes(int(value)) if isinstance(value, int | float) else str(value or "")
+
+
+def model_table(models: Sequence[dict[str, Any]]) -> Table:
+    columns = ["MODEL NAME", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE"]
+    now = time.time()
+    rows = []
+    for model in models:
+        config = model.get("config") or {}
+        model_id = str(model.get("id", "")).removeprefix("sha256:")[:12]
+        for tag in model.get("tags") or ["<none>"]:
+            rows.append(
+                [
+                    tag,
+                    str(config.get("parameters") or ""),
+                    str(config.get("quantization") or ""),
+                    str(config.get("architecture") or ""),
+                    model_id,
+                    ago(model.get("created"), now),
+                    str(config.get("context_size") or ""),
+                    str(config.get("size") or ""),
+                ]
+            )
+    return Table(
+        models,
+        columns,
+        rows,
+        "No models stored yet. Pull one with %model pull ai/smollm2, or add "
+        "a local file with %model package --gguf PATH NAME.",
+    )
+
+
+def ps_table(entries: Sequence[dict[str, Any]]) -> Table:
+    from mr_notebook.settings import format_duration
+
+    columns = ["MODEL NAME", "BACKEND", "PID", "MEMORY", "CONTEXT", "BUSY", "LAST USED", "UNTIL"]
+    now = time.time()
+    rows = []
+    for entry in entries:
+        keep_alive = entry.get("keep_alive")
+        expires = entry.get("expires_at")
+        if isinstance(keep_alive, int | float) and keep_alive < 0:
+            until = "forever"
+        elif expires:
+            until = ago(expires, now)
+        else:
+            until = format_duration(float(keep_alive)) + " idle" if isinstance(keep_alive, int | float) else ""
+        busy = int(entry.get("in_flight") or 0) + int(entry.get("queued") or 0)
+        rows.append(
+            [
+                str(entry.get("model") or entry.get("model_name") or ""),
+                str(entry.get("backend_name") or entry.get("backend") or "llama.cpp"),
+                str(entry.get("pid") or ""),
+                size_text(entry.get("memory")),
+                str(entry.get("context_size") or ""),
+                str(busy),
+                ago(entry.get("last_used"), now),
+                until,
+            ]
+        )
+    return Table(entries, columns, rows, "No model is loaded. Load one with %model run MODEL.")
+
+
+def inspect_record(model: dict[str, Any]) -> Record:
+    config = model.get("config") or {}
+    created = model.get("created")
+    fields = [
+        ("Names", ", ".join(model.get("tags") or [])),
+        ("ID", str(model.get("id", ""))),
+        ("Created", datetime.fromtimestamp(float(created)).isoformat(sep=" ") if created else ""),
+    ]
+    for key in ("format", "architecture", "parameters", "quantization", "size", "context_size"):
+        if config.get(key) not in (None, ""):
+            fields.append((key.replace("_", " ").capitalize(), str(config[key])))
+    for key, value in sorted((model.get("settings") or {}).items()):
+        fields.append((f"Setting {key}", str(value)))
+    return Record(model, fields)
+
+
+def df_record(usage: dict[str, int]) -> Record:
+    fields = [("Models", str(usage.get("models", "")))]
+    fields += [
+        (label, size_text(usage.get(key, 0)))
+        for key, label in (("blobs", "Model files"), ("partials", "Partial downloads"), ("total", "Total"))
+    ]
+    return Record(usage, fields)
+
+
+# ---------------------------------------------------------------------- errors, streaming, progress
+def short_error(error: MrNotebookError) -> MrNotebookError:
+    """Mark a user error so IPython shows one red line instead of a traceback (type kept for `except`)."""
+    text = f"{_RED}{type(error).__name__}: {error}{_RESET}"
+    error._render_traceback_ = lambda: [text]  # type: ignore[attr-defined]
+    return error
+
+
+def show(obj: Any, **kwargs: Any) -> Any:
+    """IPython's ``display`` (typed; returns the DisplayHandle when ``display_id=True``)."""
+    from IPython.display import display
+
+    return display(obj, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def rich_frontend(shell: Any) -> bool:
+    """True in a Jupyter kernel (Markdown, widgets, display updates); False in terminal IPython."""
+    return getattr(shell, "kernel", None) is not None
+
+
+class StreamView:
+    """Shows a growing reply: Markdown updated in place (display id) in a notebook, raw text otherwise."""
+
+    #: Updates per second at most; each one re-renders the whole Markdown in the browser.
+    RATE = 20.0
+
+    def __init__(self, rich: bool) -> None:
+        self.rich = rich
+        self._handle: Any = None
+        self._last = 0.0
+        self._written = 0
+
+    def update(self, text: str) -> None:
+        if not self.rich:
+            sys.stdout.write(text[self._written :])
+            sys.stdout.flush()
+            self._written = len(text)
+            return
+        now = time.monotonic()
+        if self._handle is None:
+            self._handle = show(MarkdownText(text), display_id=True)
+            self._last = now
+        elif now - self._last >= 1.0 / self.RATE:
+            self._handle.update(MarkdownText(text))
+            self._last = now
+
+    def finish(self, text: str) -> None:
+        """Leave the final text (rendered once more in a notebook; a newline in a terminal)."""
+        if not self.rich:
+            self.update(text)
+            if text and not text.endswith("\n"):
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+        elif self._handle is None:
+            show(MarkdownText(text))
+        else:
+            self._handle.update(MarkdownText(text))
+
+
+class PullBar:
+    """A tqdm.auto bar (widget in a notebook, text on stderr in a terminal) fed by PullProgress events."""
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self._bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if event.overall_total <= 0 and event.total <= 0:
+            return
+        total = event.overall_total or event.total
+        done = event.overall_completed if event.overall_total else event.completed
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=self.ref, leave=True)
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(max(0, done - self._bar.n))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

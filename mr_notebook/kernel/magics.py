@@ -1,0 +1,232 @@
+"""``%model`` (the ``docker model`` verbs) and ``%%chat``; each verb parses, calls the engine, shows."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
+
+from mr_notebook.errors import MrNotebookError
+from mr_notebook.kernel.display import (
+    MarkdownText,
+    PullBar,
+    Table,
+    df_record,
+    inspect_record,
+    model_table,
+    ps_table,
+    short_error,
+    show,
+    size_text,
+)
+from mr_notebook.kernel.parsing import HelpShown, model_parser, split
+from mr_notebook.kernel.state import KernelState
+
+
+def _say(text: str) -> None:
+    """A line of cell output (the magic's answer to the user, not a log record)."""
+    sys.stdout.write(text + "\n")
+
+
+@magics_class
+class ModelMagics(Magics):
+    """Registered by ``%load_ext mr_notebook``; holds this shell's :class:`KernelState`."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.state = KernelState()
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        namespace: dict[str, Any] = getattr(self.shell, "user_ns", {})
+        return namespace
+
+    # IPython would expand {…} and $… in the line itself; prompts need braces kept, so we substitute.
+    @no_var_expand
+    @line_magic
+    def model(self, line: str) -> Any:
+        """Manage and run local models: %model VERB ... (%model --help lists the verbs)."""
+        try:
+            args = model_parser().parse_magic(split(line, self._user_ns))
+        except HelpShown:
+            return None
+        if args.verb is None:
+            model_parser().print_help()
+            return None
+        handler: Callable[[Any], Any] = getattr(self, f"_verb_{args.command}")
+        try:
+            return handler(args)
+        except MrNotebookError as error:
+            if error.user_error:
+                raise short_error(error) from None
+            raise
+
+    @no_var_expand
+    @cell_magic
+    def chat(self, line: str, cell: str) -> None:
+        """Chat with a model: the cell is the message (%%chat --help lists the options)."""
+        from mr_notebook.kernel.chat import chat_cell
+
+        chat_cell(self.shell, self.state, line, cell)
+
+    # ------------------------------------------------------------------ store verbs
+    def _verb_pull(self, args: Any) -> None:
+        bar = PullBar(args.ref)
+        try:
+            summary = self.state.engine.pull(args.ref, bar)
+        finally:
+            bar.close()
+        _say(summary.message)
+
+    def _verb_package(self, args: Any) -> None:
+        model = self.state.engine.package(args.gguf, args.name)
+        config = model.get("config") or {}
+        _say(
+            f"Model {', '.join(model.get('tags') or [args.name])} added "
+            f"({config.get('parameters', '?')} parameters, {config.get('quantization', '?')}, "
+            f"{config.get('size', '?')})."
+        )
+
+    def _verb_list(self, args: Any) -> Any:
+        models = self.state.engine.list()
+        if args.quiet:
+            return Table(models, ["MODEL ID"], [[str(m.get("id", "")).removeprefix("sha256:")[:12]] for m in models])
+        return models if args.json else model_table(models)
+
+    def _verb_inspect(self, args: Any) -> Any:
+        return inspect_record(self.state.engine.inspect(args.ref))
+
+    def _verb_tag(self, args: Any) -> None:
+        self.state.engine.tag(args.source, args.target)
+        _say(f"Model {args.source} tagged as {args.target}.")
+
+    def _verb_rm(self, args: Any) -> None:
+        for line in self.state.engine.rm(args.refs, force=args.force):
+            _say(line)
+
+    def _verb_prune(self, args: Any) -> None:
+        result = self.state.engine.prune()
+        _say(f"Removed {result.get('files', 0)} file(s), reclaimed {size_text(result.get('bytes', 0))}.")
+
+    def _verb_purge(self, args: Any) -> None:
+        engine = self.state.engine
+        if not args.force:
+            usage = engine.df()
+            _say(
+                f"This would delete all {usage.get('models', 0)} stored model(s) "
+                f"({size_text(usage.get('total', 0))}). Run `%model purge -f` to do it."
+            )
+            return
+        result = engine.purge()
+        _say(f"Deleted {result.get('models', 0)} model(s), {size_text(result.get('bytes', 0))}.")
+
+    def _verb_df(self, args: Any) -> Any:
+        return df_record(self.state.engine.df())
+
+    def _verb_configure(self, args: Any) -> None:
+        if args.context_size is None and args.keep_alive is None:
+            from IPython.core.error import UsageError
+
+            raise UsageError("%model configure: give --context-size N and/or --keep-alive D.")
+        model = self.state.engine.configure(args.ref, context_size=args.context_size, keep_alive=args.keep_alive)
+        settings = ", ".join(f"{k}={v}" for k, v in sorted((model.get("settings") or {}).items()))
+        _say(f"Model {args.ref} configured ({settings}); applies at its next load.")
+
+    # ------------------------------------------------------------------ engine verbs
+    def _verb_run(self, args: Any) -> None:
+        from mr_notebook.kernel.chat import stream_reply
+        from mr_notebook.store import normalize
+
+        engine = self.state.engine
+        name = normalize(args.ref)
+        entry = engine.load(name, keep_alive=args.keep_alive)
+        self.state.default_model = name
+        if args.prompt:
+            messages = [{"role": "user", "content": " ".join(args.prompt)}]
+            stream_reply(self.shell, self.state, name, messages, {})
+            return
+        show(MarkdownText(_run_text(name, entry, engine.url)))
+
+    def _verb_ps(self, args: Any) -> Any:
+        return ps_table(self.state.engine.ps())
+
+    def _verb_unload(self, args: Any) -> None:
+        if not args.refs and not args.all:
+            from IPython.core.error import UsageError
+
+            raise UsageError("%model unload: name the models to unload, or --all.")
+        count = self.state.engine.unload(None if args.all else args.refs)
+        _say(f"Unloaded {count} model(s).")
+
+    def _verb_status(self, args: Any) -> Any:
+        from mr_notebook.kernel.display import Record
+
+        status = self.state.engine.status()
+        where = {
+            "remote": "remote engine (this kernel loads no model itself)",
+            "local": "in-kernel engine (models run in worker processes of this kernel)",
+        }
+        fields = [
+            ("Engine", where.get(str(status.get("mode")), str(status.get("mode")))),
+            ("Found through", str(status.get("source", ""))),
+            (
+                "Endpoint",
+                (str(status["url"]) + "v1")
+                if status.get("url")
+                else "not served (`%model serve` or mr_notebook.openai_client() starts it)",
+            ),
+            ("Running", "yes" if status.get("running", True) else "no"),
+        ]
+        if status.get("store"):
+            fields.append(("Store", str(status["store"])))
+        if "loaded" in status:
+            fields.append(("Loaded models", str(status["loaded"])))
+        return Record(status, fields)
+
+    def _verb_serve(self, args: Any) -> None:
+        engine = self.state.engine
+        serve = getattr(engine, "serve", None)
+        if serve is None:
+            _say(f"This kernel already uses a shared engine at {engine.url}v1 ({engine.source}).")
+            return
+        url = serve(host=args.host, port=args.port)
+        _say(f"Serving the in-kernel engine at {url}v1 (OpenAI routes; api_key is not needed).")
+
+    def _verb_chat(self, args: Any) -> Any:
+        from mr_notebook import widgets
+
+        return widgets.chat(args.ref or self.state.default_model)  # type: ignore[attr-defined]
+
+    def _verb_ui(self, args: Any) -> Any:
+        from mr_notebook import widgets
+
+        return widgets.manager()  # type: ignore[attr-defined]
+
+
+def _run_text(name: str, entry: dict[str, Any], url: str | None) -> str:
+    """What `%model run REF` shows: where the model answers and code that calls it."""
+    memory = size_text(entry["memory"]) if entry.get("memory") else "?"
+    if url:
+        where = f"Base URL: `{url}v1` · model: `{name}`"
+    else:
+        where = (
+            f"Model: `{name}` · in-kernel engine (`%model serve` exposes it over HTTP; "
+            "`mr_notebook.openai_client()` does so on demand)"
+        )
+    return f"""**{name}** is loaded (pid {entry.get("pid", "?")}, {memory}). Chat with `%%chat`, or from Python:
+
+{where}
+
+```python
+import mr_notebook
+
+client = mr_notebook.openai_client()  # base URL and key of this kernel's engine
+response = client.chat.completions.create(
+    model="{name}",
+    messages=[{{"role": "user", "content": "Hello!"}}],
+)
+print(response.choices[0].message.content)
+```
+Other SDKs: `base_url, api_key = mr_notebook.endpoint()`."""
