@@ -1,0 +1,285 @@
+"""Widget models against a real in-process engine (LocalEngine, real llama.cpp workers, tiny models)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mr_notebook.client.local import LocalEngine
+from mr_notebook.errors import InvalidRequest, ModelNotFound, WorkerCrashed
+from mr_notebook.settings import EngineSettings
+from mr_notebook.store import Store
+from mr_notebook.store.pull import PullProgress
+from mr_notebook.testing.hub import LocalHub
+from mr_notebook.testing.tiny_model import TinyModelFactory
+from mr_notebook.widgets import ChatBusy, ChatWidget, ModelManager, chat, manager
+from mr_notebook.widgets.manager import _Meter
+
+REPLY = "One two three four five six seven eight nine ten."
+WAIT = 60.0
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``condition`` until it is truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Iterator[LocalEngine]:
+    home = tmp_path_factory.mktemp("widgets-home")
+    engine = LocalEngine(Store(home), EngineSettings.from_env({}), env={})
+    engine.package(str(tiny_model_factory(reply=REPLY)), "ai/tiny")
+    engine.package(str(tiny_model_factory(never_stop=True)), "ai/forever")
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def widget(engine: LocalEngine) -> Iterator[ChatWidget]:
+    w = chat("ai/tiny", engine=engine)
+    yield w
+    w.close()
+
+
+def assistant_snapshots(w: ChatWidget) -> list[str]:
+    """Every value of the assistant's reply the front end was sent, in order."""
+    seen: list[str] = []
+
+    def record(change: dict[str, Any]) -> None:
+        last = change["new"][-1] if change["new"] else {}
+        if last.get("role") == "assistant":
+            seen.append(last["content"])
+
+    w.observe(record, "messages")
+    return seen
+
+
+def test_send_returns_the_reply_and_records_the_conversation(widget: ChatWidget) -> None:
+    assert widget.models == ["ai/forever:latest", "ai/tiny:latest"]
+    assert widget.send("Hi", timeout=WAIT) == REPLY
+    assert widget.messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REPLY}]
+    assert not widget.busy and "tokens" in widget.status and "tok/s" in widget.status
+    assert widget.send("And again?", timeout=WAIT) == REPLY
+    assert [m["role"] for m in widget.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_tokens_stream_into_messages(widget: ChatWidget) -> None:
+    widget.sync_interval = 0  # every token reaches the front end
+    seen = assistant_snapshots(widget)
+    widget.send("Count", timeout=WAIT)
+    # Partial replies reached the front end before the whole one (the engine decides how tokens are grouped).
+    assert len(seen) >= 2 and len(seen[0]) < len(REPLY) and seen[-1] == REPLY
+    assert all(later.startswith(earlier) and len(later) > len(earlier) for earlier, later in itertools.pairwise(seen))
+
+
+def test_sync_to_the_front_end_is_rate_limited(widget: ChatWidget) -> None:
+    widget.sync_interval = 3600.0  # nothing between the first delta and the end
+    seen = assistant_snapshots(widget)
+    widget.send("Count", timeout=WAIT)
+    assert len(seen) == 2 and seen[-1] == REPLY
+
+
+def test_stop_ends_generation_in_the_engine(engine: LocalEngine) -> None:
+    w = chat("ai/forever", engine=engine, max_tokens=100_000)
+    future = w.submit("Go on forever")
+    wait_for(lambda: len(w.messages) == 2 and w.messages[-1]["content"], "the first tokens")
+    w.stop()
+    text = future.result(WAIT)
+    assert text and w.messages[-1] == {"role": "assistant", "content": text}
+    assert "stopped" in w.status and not w.busy
+    wait_for(lambda: all(entry["in_flight"] == 0 for entry in engine.ps()), "the worker to go idle")
+    # The same worker serves the next request at once.
+    w.max_tokens = 5
+    w.send("Again", timeout=WAIT)
+    assert "stopped at max tokens" in w.status and "5 tokens" in w.status
+    w.close()
+
+
+def test_errors_show_inline_and_the_widget_stays_usable(widget: ChatWidget) -> None:
+    widget.model = "ai/missing"
+    with pytest.raises(ModelNotFound):
+        widget.send("Hello?", timeout=WAIT)
+    error = widget.messages[-1]
+    assert error["role"] == "error" and "ModelNotFound" in error["content"] and "pull" in error["content"]
+    assert not widget.busy and widget.status == "Error"
+    widget.model = "ai/tiny"
+    assert widget.send("Hello!", timeout=WAIT) == REPLY
+    # The failed turn is shown but not sent to the model again.
+    assert [m["content"] for m in widget._request_messages()] == ["Hello!", REPLY]
+    with pytest.raises(InvalidRequest):
+        widget.send("   ")
+
+
+def test_worker_crash_mid_stream_is_shown_and_recovered(engine: LocalEngine) -> None:
+    w = chat("ai/forever", engine=engine, max_tokens=100_000)
+    future = w.submit("Stream until killed")
+    wait_for(lambda: len(w.messages) == 2 and w.messages[-1]["content"], "the first tokens")
+    forever = engine.inspect("ai/forever")["id"]
+    pid = next(entry["pid"] for entry in engine.ps() if entry["id"] == forever)
+    with pytest.raises(ChatBusy):
+        w.submit("Not now")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed):
+        future.result(WAIT)
+    roles = [m["role"] for m in w.messages]
+    assert roles == ["user", "assistant", "error"] and "WorkerCrashed" in w.messages[-1]["content"]
+    w.max_tokens = 3
+    assert w.send("Back?", timeout=WAIT)  # a fresh worker answers
+    w.close()
+
+
+def test_no_model_chosen_is_an_inline_hint(tmp_path: Path) -> None:
+    empty = LocalEngine(Store(tmp_path), EngineSettings.from_env({}), env={})
+    w = ChatWidget(engine=empty)
+    assert w.model == "" and w.models == []
+    with pytest.raises(InvalidRequest):
+        w.send("Anyone?", timeout=WAIT)
+    assert "Choose a model" in w.messages[-1]["content"]
+    w.close()
+    empty.close()
+
+
+def test_front_end_messages_send_clear_and_settings(widget: ChatWidget) -> None:
+    widget.system = "Answer briefly."
+    widget._handle_custom_msg({"type": "send", "text": "From the browser"}, [])
+    assert widget.wait(WAIT) and widget.messages[-1] == {"role": "assistant", "content": REPLY}
+    assert widget._request_messages()[0] == {"role": "system", "content": "Answer briefly."}
+    widget._handle_custom_msg({"type": "clear"}, [])
+    wait_for(lambda: widget.messages == [], "the conversation to clear")
+    widget._handle_custom_msg({"type": "refresh"}, [])
+    widget._handle_custom_msg({"type": "stop"}, [])  # idle: nothing to stop
+    assert not widget.busy
+
+
+def test_manager_lists_loads_unloads_and_removes(engine: LocalEngine, tiny_model_factory: TinyModelFactory) -> None:
+    engine.unload(None)
+    engine.package(str(tiny_model_factory(reply="spare")), "ai/spare:v1")
+    m = manager(engine=engine, refresh_interval=0)
+    row = next(r for r in m.rows if r["name"] == "ai/tiny:latest")
+    assert row["quantization"] == "F16" and row["parameters"] and row["size"] and not row["loaded"]
+    assert m.disk["total"] > 0 and m.loaded_memory == 0
+    m.load("ai/tiny").result(WAIT)
+    row = next(r for r in m.rows if r["name"] == "ai/tiny:latest")
+    assert row["loaded"] and row["memory"] > 0 and m.loaded_memory >= row["memory"]
+    assert m.notice == {"text": "Loaded ai/tiny.", "kind": "info"} and m.pending == {}
+    m.unload("ai/tiny:latest").result(WAIT)
+    assert not next(r for r in m.rows if r["name"] == "ai/tiny:latest")["loaded"] and m.loaded_memory == 0
+
+    m.load("ai/spare:v1").result(WAIT)
+    disk = m.disk["total"]
+    m._handle_custom_msg({"type": "remove", "name": "ai/spare:v1"}, [])  # the confirmed click in the browser
+    wait_for(lambda: all(r["name"] != "ai/spare:v1" for r in m.rows) and not m.pending, "the removal")
+    assert m.disk["total"] < disk and not [e for e in engine.ps() if e["model"] == "ai/spare:v1"]
+
+    with pytest.raises(ModelNotFound):
+        m.load("ai/nothing").result(WAIT)
+    assert m.notice["kind"] == "error" and "ModelNotFound" in m.notice["text"]
+    m.close()
+
+
+@pytest.fixture
+def hub(tiny_model_factory: TinyModelFactory) -> Iterator[tuple[LocalHub, Path]]:
+    gguf = tiny_model_factory(reply="pulled")
+    with LocalHub() as local_hub:
+        local_hub.add_repo("test/tiny-GGUF", {"tiny-GGUF-Q8_0.gguf": gguf})
+        yield local_hub, gguf
+
+
+def test_manager_pull_shows_progress(hub: tuple[LocalHub, Path], tmp_path: Path) -> None:
+    local_hub, gguf = hub
+    local_hub.rate = gguf.stat().st_size / 2  # about two seconds: several progress updates
+    engine = LocalEngine(Store(tmp_path), EngineSettings.from_env({}), env={"HF_ENDPOINT": local_hub.url})
+    m = ModelManager(engine=engine, refresh_interval=0)
+    states: list[dict[str, Any]] = []
+    m.observe(lambda change: states.append(change["new"]), "pull_state")
+    summary = m.pull("hf.co/test/tiny-GGUF:Q8_0").result(WAIT)
+    size = gguf.stat().st_size
+    assert not summary.already_present and "hf.co/test/tiny-gguf:Q8_0" in summary.message
+    downloading = [s for s in states if s.get("status") == "downloading" and s.get("total")]
+    assert len(downloading) >= 2 and downloading[-1]["total"] == size
+    assert [s["completed"] for s in downloading] == sorted(s["completed"] for s in downloading)
+    assert downloading[-1]["completed"] == size and downloading[-1]["speed"] > 0
+    final = states[-1]
+    assert final["status"] == "done" and final["completed"] == size and final["speed"] > 0 and not final["active"]
+    assert [r["name"] for r in m.rows] == ["hf.co/test/tiny-gguf:Q8_0"]
+    m.close()
+    engine.close()
+
+
+def test_manager_pull_can_be_cancelled(hub: tuple[LocalHub, Path], tmp_path: Path) -> None:
+    local_hub, _ = hub
+    engine = LocalEngine(Store(tmp_path), EngineSettings.from_env({}), env={"HF_ENDPOINT": local_hub.url})
+    m = ModelManager(engine=engine, refresh_interval=0)
+
+    def press_cancel_once_downloading(change: dict[str, Any]) -> None:
+        if change["new"].get("status") == "downloading":  # the Cancel button, as soon as it shows
+            m._handle_custom_msg({"type": "cancel_pull"}, [])
+
+    m.observe(press_cancel_once_downloading, "pull_state")
+    m._handle_custom_msg({"type": "pull", "ref": "hf.co/test/tiny-GGUF:Q8_0"}, [])
+    wait_for(lambda: m.pull_state.get("status") in ("cancelled", "done", "error"), "the pull to stop")
+    assert m.pull_state["status"] == "cancelled" and "resume" in m.pull_state["message"]
+    assert not m.pull_state["active"] and m.rows == [] and m.notice["text"] == ""
+    m.unobserve(press_cancel_once_downloading, "pull_state")
+    m.pull("hf.co/test/tiny-GGUF:Q8_0").result(WAIT)  # the box works again after a cancel
+    assert m.pull_state["status"] == "done" and [r["name"] for r in m.rows] == ["hf.co/test/tiny-gguf:Q8_0"]
+    m.close()
+    engine.close()
+
+
+def test_progress_meter_speed_and_eta() -> None:
+    meter = _Meter()
+    mib = 1 << 20
+
+    def event(done: int) -> PullProgress:
+        return PullProgress("downloading", "Downloading", "sha256:x", done, 100 * mib, done, 100 * mib)
+
+    first = meter.update(event(0), now=10.0)
+    assert first is not None and first["speed"] == 0 and first["eta"] is None
+    assert meter.update(event(mib), now=10.05) is None  # too soon: not sent
+    state = meter.update(event(10 * mib), now=11.0)
+    assert state is not None and state["speed"] == 10 * mib and state["eta"] == 9.0
+    state = meter.update(event(30 * mib), now=12.0)  # 20 MiB/s now, smoothed with the past
+    assert state is not None and 10 * mib < state["speed"] < 20 * mib
+    assert state["eta"] == 70 * mib / state["speed"]
+
+
+def test_model_chat_and_ui_magics_open_the_widgets_on_the_kernel_engine(
+    tmp_path: Path, tiny_model_factory: TinyModelFactory
+) -> None:
+    from IPython.testing.globalipapp import start_ipython
+
+    from mr_notebook.kernel import kernel_state
+
+    from IPython import get_ipython
+
+    ip = start_ipython() or get_ipython()  # None when another test started the global shell first
+    assert ip is not None
+    ip.run_line_magic("load_ext", "mr_notebook")
+    kernel_engine = LocalEngine(Store(tmp_path), EngineSettings.from_env({}), env={})
+    kernel_engine.package(str(tiny_model_factory(reply=REPLY)), "ai/tiny")
+    kernel_state(ip).use(kernel_engine)
+    try:
+        w = ip.run_line_magic("model", "chat tiny")
+        assert isinstance(w, ChatWidget) and w.engine is kernel_engine and w.model == "ai/tiny:latest"
+        m = ip.run_line_magic("model", "ui")
+        assert isinstance(m, ModelManager) and m.engine is kernel_engine
+        assert [row["name"] for row in m.rows] == ["ai/tiny:latest"]
+        w.close()
+        m.close()  # the widgets leave the kernel's engine open: the magics still use it
+        assert kernel_engine.list()
+    finally:
+        ip.run_line_magic("unload_ext", "mr_notebook")
