@@ -11,11 +11,15 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mr_notebook.errors import MrNotebookError
+from mr_notebook.settings import DEFAULT_PORT
 from mr_notebook.store import Store
-from mr_notebook.tables import MODEL_COLUMNS, df_rows, model_rows, text_table
+from mr_notebook.tables import MODEL_COLUMNS, PS_COLUMNS, df_rows, model_rows, ps_rows, text_table
+
+if TYPE_CHECKING:
+    from mr_notebook.client import Engine
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -120,6 +124,132 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace) -> Engine:
+    """A running server when there is one (MR_NOTEBOOK_URL, `mr-notebook serve`), else this process."""
+    from mr_notebook.client import connect
+
+    return connect(args.home)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mr_notebook.api.standalone import serve
+    from mr_notebook.settings import EngineSettings
+
+    def ready(url: str) -> None:
+        print(f"Serving on {url} (OpenAI API: {url}v1, {url}engines/v1). Ctrl-C stops.", flush=True)
+
+    serve(args.host, args.port, args.api_key, _store(args), EngineSettings.from_env(), ready=ready)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    try:
+        model = _canonical(args.model)
+        engine.load(model)
+        if args.prompt:
+            _answer(engine, model, [{"role": "user", "content": " ".join(args.prompt)}])
+            return 0
+        if not sys.stdin.isatty():  # piped input: one prompt, one answer
+            _answer(engine, model, [{"role": "user", "content": sys.stdin.read()}])
+            return 0
+        return _interactive(engine, model)
+    finally:
+        engine.close()
+
+
+def _answer(engine: Engine, model: str, messages: list[dict[str, Any]]) -> str:
+    parts = []
+    with engine.chat_stream(model, messages) as stream:
+        for text in stream:
+            parts.append(text)
+            print(text, end="", flush=True)
+    print()
+    return "".join(parts)
+
+
+def _interactive(engine: Engine, model: str) -> int:
+    """A chat in the terminal, like `docker model run`: history kept, /bye leaves, \"\"\" for several lines."""
+    print(f'Chatting with {model}. Send /bye to leave; start and end a message with """ for several lines.')
+    messages: list[dict[str, Any]] = []
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() == "/bye":
+            return 0
+        if line.startswith('"""'):
+            lines = [line[3:]]
+            while not lines[-1].endswith('"""'):
+                try:
+                    lines.append(input(". "))
+                except EOFError:
+                    break
+            line = "\n".join(lines).removesuffix('"""').strip()
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        try:
+            reply = _answer(engine, model, messages)
+        except KeyboardInterrupt:
+            print("\n(stopped)")
+            messages.pop()
+            continue
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    try:
+        print(text_table(ps_rows(engine.ps()), PS_COLUMNS))
+    finally:
+        engine.close()
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    if not args.all and not args.models:
+        print("Name the models to unload, or use --all.", file=sys.stderr)
+        return 2
+    engine = _engine(args)
+    try:
+        count = engine.unload(None if args.all else [_canonical(m) for m in args.models])
+    finally:
+        engine.close()
+    print(f"Unloaded {count} model(s)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    try:
+        status = engine.status()
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    where = status.get("url") or "not served over HTTP"
+    print(f"Engine: {status.get('mode')} ({status.get('source')}), {where}")
+    print(f"Store: {status.get('store', '')}")
+    return 0
+
+
+def cmd_configure(args: argparse.Namespace) -> int:
+    from mr_notebook.settings import parse_duration
+
+    keep_alive = None if args.keep_alive is None else parse_duration(args.keep_alive)
+    engine = _engine(args)
+    try:
+        model = engine.configure(args.model, context_size=args.context_size, keep_alive=keep_alive)
+    finally:
+        engine.close()
+    print(f"Configured {_canonical(args.model)}: {json.dumps(model.get('settings', {}))} (applies at the next load)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mr-notebook",
@@ -162,6 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("purge", cmd_purge, "Delete every stored model")
     p.add_argument("-f", "--force", action="store_true", help="do not ask")
     add("df", cmd_df, "Show disk usage of the store")
+
+    p = add("serve", cmd_serve, "Serve the OpenAI-compatible and model-runner API (Docker Model Runner's port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MR_NOTEBOOK_API_KEY)")
+
+    p = add("run", cmd_run, "Load a model; answer PROMPT, or chat interactively")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("prompt", nargs="*", metavar="PROMPT")
+
+    add("ps", cmd_ps, "List loaded models")
+    p = add("unload", cmd_unload, "Unload models (their worker processes end)", aliases=("stop",))
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--all", action="store_true", help="unload every model")
+    p = add("status", cmd_status, "Say which engine is in use and where")
+    p.add_argument("--json", action="store_true")
+    p = add("configure", cmd_configure, "Set a model's context size or keep-alive (applies at the next load)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--context-size", type=int, metavar="N")
+    p.add_argument("--keep-alive", metavar="DURATION", help="e.g. 30s, 5m, 1h, 0 (unload when idle), -1 (never)")
     return parser
 
 

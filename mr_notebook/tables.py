@@ -52,19 +52,30 @@ def model_rows(models: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     return rows
 
 
+def _unix(value: Any) -> float | None:
+    """A time as unix seconds, from a number (in-process) or an ISO 8601 string (over HTTP)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
 def ps_rows(loaded: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
     """Rows for ``ps`` from ModelStatus JSON."""
     now = time.time() if now is None else now
     rows = []
     for item in loaded:
         keep_alive = float(item.get("keep_alive", 0))
-        expires = item.get("expires_at")
+        expires = _unix(item.get("expires_at"))
         if keep_alive < 0:
             until = "forever"
         elif expires is None:
             until = "while busy"
         else:
-            until = f"in {max(0, int(float(expires) - now))}s"
+            until = f"in {max(0, int(expires - now))}s"
         rows.append(
             {
                 "MODEL NAME": str(item.get("model", "")),

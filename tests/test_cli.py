@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from mr_notebook.testing import TinyModelFactory
-from mr_notebook.testing.registry import LocalRegistry
+import psutil
+
+from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
+from mr_notebook.testing.registry import LocalRegistry, free_port
 
 
 def mr(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -104,3 +108,62 @@ def test_pull_of_a_missing_model_says_so(store_home: Path, local_registry: Local
     done = mr("pull", f"{local_registry.host}/ai/nothing:v1", home=store_home)
     assert done.returncode == 1
     assert "ai/nothing" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_with_a_prompt_in_process(store_home: Path, tiny_model: Path) -> None:
+    mr("package", "--gguf", str(tiny_model), "ai/tiny", home=store_home)
+    done = mr("run", "ai/tiny", "Say", "hello", home=store_home)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == DEFAULT_REPLY
+    piped = mr("run", "tiny", home=store_home, stdin="A question from a pipe\n")
+    assert piped.stdout.strip() == DEFAULT_REPLY
+    missing = mr("run", "ai/absent", "hi", home=store_home)
+    assert missing.returncode == 1 and "mr-notebook pull ai/absent:latest" in missing.stderr
+
+
+def test_configure_and_status_in_process(store_home: Path, tiny_model: Path) -> None:
+    mr("package", "--gguf", str(tiny_model), "ai/tiny", home=store_home)
+    done = mr("configure", "ai/tiny", "--context-size", "256", "--keep-alive", "30s", home=store_home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(mr("inspect", "ai/tiny", home=store_home).stdout)["settings"] == {
+        "context_size": 256,
+        "keep_alive": 30.0,
+    }
+    bad = mr("configure", "ai/tiny", "--keep-alive", "soon", home=store_home)
+    assert bad.returncode == 1 and "30s" in bad.stderr
+    status = json.loads(mr("status", "--json", home=store_home).stdout)
+    assert status["mode"] == "local"
+
+
+def test_serve_is_shared_by_later_commands(store_home: Path, tiny_model: Path) -> None:
+    """`mr-notebook serve` announces itself; run/ps/unload use it; SIGTERM ends it and its workers."""
+    mr("package", "--gguf", str(tiny_model), "ai/tiny", home=store_home)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mr_notebook.cli", "--home", str(store_home), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        runtime = store_home / "run" / "server.json"
+        deadline = time.monotonic() + 30
+        while not runtime.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
+        assert json.loads(runtime.read_text())["url"] == f"http://127.0.0.1:{port}/"
+        assert json.loads(mr("status", "--json", home=store_home).stdout)["mode"] == "remote"
+        assert mr("run", "ai/tiny", "hi", home=store_home).stdout.strip() == DEFAULT_REPLY
+        table = mr("ps", home=store_home).stdout.splitlines()
+        assert table[0].startswith("MODEL NAME") and table[1].startswith("ai/tiny:latest")
+        worker = int(table[1].split()[1])
+        assert mr("unload", "--all", home=store_home).stdout.strip() == "Unloaded 1 model(s)"
+        assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+        assert mr("ps", home=store_home).stdout.splitlines()[1:] == []
+        assert mr("run", "ai/tiny", "again", home=store_home).returncode == 0
+        worker = int(mr("ps", home=store_home).stdout.splitlines()[1].split()[1])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode == 0, server.stderr.read()
+    assert not runtime.exists()
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE

@@ -21,5 +21,8 @@ def test_importing_the_package_is_light() -> None:
 
 
 def test_core_imports_no_interface_library() -> None:
-    core = "import mr_notebook.store, mr_notebook.errors, mr_notebook.settings, mr_notebook.cli"
+    core = (
+        "import mr_notebook.store, mr_notebook.store.pull, mr_notebook.engine, mr_notebook.errors, "
+        "mr_notebook.settings, mr_notebook.cli, mr_notebook.client"
+    )
     assert _loaded_after(core) == []

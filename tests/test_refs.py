@@ -87,7 +87,10 @@ _host = st.sampled_from(["", "127.0.0.1:5000/", "localhost/", "registry.example.
 def references(draw: st.DrawFn) -> str:
     host = draw(_host)
     count = 2 if host == "hf.co/" else draw(st.integers(1, 3))
-    name = "/".join(draw(_component) for _ in range(count))
+    parts = [draw(_component) for _ in range(count)]
+    if not host and count > 1:  # like Docker, a leading component with a dot would be read as a registry host
+        parts[0] = parts[0].replace(".", "-")
+    name = "/".join(parts)
     suffix = draw(st.one_of(st.just(""), _tag.map(lambda t: ":" + t)))
     return host + name + suffix
 
