@@ -22,10 +22,9 @@ import os
 import re
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,99 +32,36 @@ from filelock import FileLock, Timeout
 
 from mr_notebook.errors import DigestMismatch, LocalFileNotFound, ModelInUse, ModelNotFound, StoreError
 from mr_notebook.settings import default_home
-from mr_notebook.store.gguf_meta import GGUFInfo, format_bytes, format_parameters, read_gguf_info
+from mr_notebook.store.files import fsync_dir, sha256_file, write_json_atomic
+from mr_notebook.store.gguf_meta import read_gguf_info
+from mr_notebook.store.records import (
+    CHAT_TEMPLATE_MEDIA_TYPE,
+    GGUF_MEDIA_TYPE,
+    LICENSE_MEDIA_TYPE,
+    MMPROJ_MEDIA_TYPE,
+    SETTING_KEYS,
+    ModelFile,
+    ModelRecord,
+    config_from,
+    hints_from,
+)
 from mr_notebook.store.refs import ModelRef, parse_ref
 
-GGUF_MEDIA_TYPE = "application/vnd.docker.ai.gguf.v3"
-CHAT_TEMPLATE_MEDIA_TYPE = "application/vnd.docker.ai.chat.template.jinja"
-LICENSE_MEDIA_TYPE = "application/vnd.docker.ai.license"
-MMPROJ_MEDIA_TYPE = "application/vnd.docker.ai.mmproj"
+__all__ = [
+    "CHAT_TEMPLATE_MEDIA_TYPE",
+    "GGUF_MEDIA_TYPE",
+    "LICENSE_MEDIA_TYPE",
+    "MMPROJ_MEDIA_TYPE",
+    "SETTING_KEYS",
+    "ModelFile",
+    "ModelRecord",
+    "Store",
+    "sha256_file",
+    "write_json_atomic",
+]
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 _ID_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})$")
-_CHUNK = 1024 * 1024
-#: Per-model settings a user may persist (applied at the next load).
-SETTING_KEYS = ("context_size", "keep_alive", "gpu_layers", "threads", "chat_template")
-
-
-@dataclass(frozen=True)
-class ModelFile:
-    """One blob of a model: weights (possibly several shards), chat template, license…"""
-
-    digest: str
-    size: int
-    media_type: str = GGUF_MEDIA_TYPE
-    name: str = ""
-
-
-@dataclass
-class ModelRecord:
-    """A stored model as ``list``/``inspect`` show it, plus where its files are."""
-
-    id: str
-    created: int
-    config: dict[str, Any]
-    files: list[ModelFile]
-    source: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-    hints: dict[str, Any] = field(default_factory=dict)
-    tags: list[str] = field(default_factory=list)
-
-    @property
-    def short_id(self) -> str:
-        return self.id.removeprefix("sha256:")[:12]
-
-    @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files if f.media_type == GGUF_MEDIA_TYPE)
-
-    @property
-    def name(self) -> str:
-        return self.tags[0] if self.tags else self.short_id
-
-    def to_json(self) -> dict[str, Any]:
-        """Docker Model Runner's shape (``docker model inspect``), plus our per-model settings."""
-        return {
-            "id": self.id,
-            "tags": list(self.tags),
-            "created": self.created,
-            "config": self.config,
-            "settings": dict(self.settings),
-        }
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    """``sha256:<hex>`` of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
-    return "sha256:" + digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"Could not write {path}: {exc.strerror or exc}. Check disk space and permissions.") from exc
-    _fsync_dir(path.parent)
 
 
 class Store:
@@ -196,7 +132,7 @@ class Store:
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, self.blob_path(digest))
-        _fsync_dir(self.blobs_dir)
+        fsync_dir(self.blobs_dir)
         return self.blob_path(digest)
 
     def add_blob_file(self, src: Path, *, link: bool = True) -> ModelFile:
@@ -350,10 +286,10 @@ class Store:
         record = ModelRecord(
             id=model_id,
             created=int(created if created is not None else time.time()),
-            config=_config_from(info, config or {}),
+            config=config_from(info, config or {}),
             files=list(files),
             source=source,
-            hints=_hints_from(info),
+            hints=hints_from(info),
         )
         self.ensure()
         with self._locked_index() as index:
@@ -494,36 +430,3 @@ class Store:
                 else:
                     blobs += size
         return {"blobs": blobs, "partials": partials, "total": blobs + partials, "models": len(self.list())}
-
-
-def _config_from(info: GGUFInfo, registry: dict[str, Any]) -> dict[str, Any]:
-    """Docker Model Runner's config block: from the GGUF header, the registry's values winning."""
-    config: dict[str, Any] = {
-        "format": "gguf",
-        "quantization": info.quantization,
-        "parameters": format_parameters(info.parameters),
-        "architecture": info.architecture,
-        "size": format_bytes(info.size),
-        "context_size": info.context_length or None,
-        "gguf": info.metadata,
-    }
-    for key, value in registry.items():
-        if value not in (None, "", {}):
-            config[key] = value
-    return config
-
-
-def _hints_from(info: GGUFInfo) -> dict[str, Any]:
-    """What the engine needs to estimate memory before it loads anything."""
-    return {
-        "size_bytes": info.size,
-        "parameters": info.parameters,
-        "context_length": info.context_length,
-        "n_layer": info.n_layer,
-        "n_embd": info.n_embd,
-        "n_head": info.n_head,
-        "n_head_kv": info.n_head_kv,
-        "n_vocab": info.n_vocab,
-        "pooling": info.pooling,
-        "has_chat_template": info.has_chat_template,
-    }
