@@ -260,11 +260,10 @@ def test_progress_meter_speed_and_eta() -> None:
 def test_model_chat_and_ui_magics_open_the_widgets_on_the_kernel_engine(
     tmp_path: Path, tiny_model_factory: TinyModelFactory
 ) -> None:
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
     from mr_notebook.kernel import kernel_state
-
-    from IPython import get_ipython
 
     ip = start_ipython() or get_ipython()  # None when another test started the global shell first
     assert ip is not None

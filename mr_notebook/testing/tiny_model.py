@@ -139,9 +139,7 @@ def reply_pieces(reply: str) -> list[str]:
         pieces[-1] = merged
     for piece in pieces:
         if _piece_bytes(piece) > _MAX_PIECE_BYTES:
-            raise ValueError(
-                f"reply {reply!r} is too repetitive: piece {piece!r} exceeds {_MAX_PIECE_BYTES} bytes"
-            )
+            raise ValueError(f"reply {reply!r} is too repetitive: piece {piece!r} exceeds {_MAX_PIECE_BYTES} bytes")
     if len(pieces) > MAX_REPLY_PIECES:
         raise ValueError(
             f"reply splits into {len(pieces)} tokens but the tiny model supports "
@@ -223,9 +221,7 @@ def _weights(
         tensors[prefix + "attn_output.weight"] = _f16(np.zeros((n_embd, n_embd)))
         tensors[prefix + "ffn_norm.weight"] = ones
         for name in ("ffn_gate", "ffn_up"):
-            tensors[prefix + name + ".weight"] = _f16(
-                0.02 * rng.standard_normal((FEED_FORWARD_LENGTH, n_embd))
-            )
+            tensors[prefix + name + ".weight"] = _f16(0.02 * rng.standard_normal((FEED_FORWARD_LENGTH, n_embd)))
         tensors[prefix + "ffn_down.weight"] = _f16(np.zeros((n_embd, FEED_FORWARD_LENGTH)))
     return tensors
 
