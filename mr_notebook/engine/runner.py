@@ -221,14 +221,14 @@ class Runner:
             del self._handles[handle.id]
 
     def _config(self, name: str, record: ModelRecord, n_ctx: int) -> dict[str, Any]:
-        paths = self.store.paths(record)
         template = record.settings.get("chat_template")
         template_files = self.store.paths(record, CHAT_TEMPLATE_MEDIA_TYPE)
         if not template and template_files:
             template = template_files[0].read_text(encoding="utf-8")
         return {
             "name": name,
-            "path": str(paths[0]),
+            # Part 1 of a split model sits beside the other parts under llama.cpp's names: it loads them all.
+            "path": str(self.store.model_file(record)),
             "n_ctx": n_ctx,
             "chat_template": template or None,
             "gpu_layers": record.settings.get("gpu_layers"),

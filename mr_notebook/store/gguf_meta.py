@@ -7,9 +7,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mr_notebook.errors import InvalidModelFile
+from mr_notebook.errors import InvalidModelFile, LocalFileNotFound
+
+if TYPE_CHECKING:
+    import gguf
 
 GGUF_MAGIC = b"GGUF"
 # Keys copied into the manifest's ``gguf`` map: scalars only (token lists would make it megabytes).
@@ -69,27 +72,114 @@ def _quant_name(file_type: int | None, tensor_types: Counter[str]) -> str:
     return tensor_types.most_common(1)[0][0] if tensor_types else "unknown"
 
 
+def _open(path: Path) -> gguf.GGUFReader:
+    import gguf
+
+    with open(path, "rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise InvalidModelFile(
+                f"{path} is not a GGUF model file (it does not start with 'GGUF'). "
+                "mr-notebook runs llama.cpp GGUF models; convert others with llama.cpp's convert_hf_to_gguf.py."
+            )
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError) as exc:
+        raise InvalidModelFile(f"{path} is a damaged or truncated GGUF file ({exc}).") from exc
+
+
+def _split_keys(reader: gguf.GGUFReader) -> tuple[int, int, int] | None:
+    """(split.no, split.count, split.tensors.count) of a part of a split model; None for a one-file model."""
+    import gguf
+
+    def number(key: str, default: int) -> int:
+        item = reader.get_field(key)
+        return default if item is None else int(item.contents())
+
+    count = number(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 0)
+    if count <= 1:  # llama.cpp treats split.count 0 or 1 as a whole model
+        return None
+    return number(gguf.Keys.Split.LLM_KV_SPLIT_NO, -1), count, number(gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, -1)
+
+
+def split_parts(path: Path) -> list[Path]:
+    """``[path]`` for a one-file model; for part 1 of a split model, every part in order (beside it).
+
+    llama.cpp finds the other parts by name (``PREFIX-00002-of-00003.gguf`` …, its ``llama_split_path``),
+    so the names given here are the ones it will look for.
+    """
+    keys = _split_keys(_open(path))
+    if keys is None:
+        return [path]
+    number, count, _ = keys
+    suffix = f"-{number + 1:05d}-of-{count:05d}.gguf"
+    if number != 0:
+        first = path.name.removesuffix(suffix) + f"-00001-of-{count:05d}.gguf" if path.name.endswith(suffix) else ""
+        raise InvalidModelFile(
+            f"{path} is part {number + 1} of a {count}-part split model; give the first part"
+            + (f" ({first})." if first else ".")
+        )
+    if not path.name.endswith(suffix) or path.name == suffix:
+        raise InvalidModelFile(
+            f"{path} is part 1 of a {count}-part split model, but its name does not end with {suffix}: "
+            f"llama.cpp finds the other parts by name, so keep the names PREFIX-00001-of-{count:05d}.gguf … "
+            f"PREFIX-{count:05d}-of-{count:05d}.gguf."
+        )
+    prefix = path.name.removesuffix(suffix)
+    parts = [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    for index, part in enumerate(parts, 1):
+        if not part.is_file():
+            raise LocalFileNotFound(
+                f"Part {index} of the {count}-part split model {path.name} is missing: no file at {part}. "
+                "Put every part in one folder, with its original name."
+            )
+    return parts
+
+
+def _check_parts(paths: Sequence[Path], keys: Sequence[tuple[int, int, int] | None], n_tensors: int) -> None:
+    """Refuse files that llama.cpp could not load together as one model."""
+    if keys[0] is None:
+        if len(paths) > 1:
+            raise InvalidModelFile(
+                f"The model has {len(paths)} GGUF files but the first ({paths[0]}) is a whole model, not part 1 "
+                "of a split model; llama.cpp would load only it. Package each file as its own model."
+            )
+        return
+    count, total = keys[0][1], keys[0][2]
+    if len(paths) != count:
+        raise InvalidModelFile(
+            f"{paths[0]} is part 1 of a {count}-part split model, but the model has {len(paths)} part(s). "
+            "Pull or package it again with all its parts, in order."
+        )
+    for index, (path, key) in enumerate(zip(paths, keys, strict=True)):
+        if key is None or key[:2] != (index, count):
+            shown = "a whole model" if key is None else f"part {key[0] + 1} of {key[1]}"
+            raise InvalidModelFile(
+                f"{path} should be part {index + 1} of {count} of a split model, but its header says {shown}. "
+                "Pull or package the model again with its parts in order."
+            )
+    if total >= 0 and total != n_tensors:
+        raise InvalidModelFile(
+            f"The split model {paths[0]} should hold {total} tensors but its {count} parts hold {n_tensors}; "
+            "a part is damaged or belongs to another model."
+        )
+
+
 def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
-    """Read metadata from a GGUF file (or the shards of a split one, first shard first)."""
+    """Read metadata from a GGUF file, or the parts of a split one (part 1 first): sizes and counts add up."""
     if not paths:
         raise InvalidModelFile("No GGUF file given.")
     import gguf
 
     parameters = 0
     size = 0
+    n_tensors = 0
     tensor_types: Counter[str] = Counter()
     first: gguf.GGUFReader | None = None
+    keys: list[tuple[int, int, int] | None] = []
     for path in paths:
-        with open(path, "rb") as handle:
-            if handle.read(4) != GGUF_MAGIC:
-                raise InvalidModelFile(
-                    f"{path} is not a GGUF model file (it does not start with 'GGUF'). "
-                    "mr-notebook runs llama.cpp GGUF models; convert others with llama.cpp's convert_hf_to_gguf.py."
-                )
-        try:
-            reader = gguf.GGUFReader(path)
-        except (ValueError, OSError, IndexError, KeyError) as exc:
-            raise InvalidModelFile(f"{path} is a damaged or truncated GGUF file ({exc}).") from exc
+        reader = _open(path)
+        keys.append(_split_keys(reader))
+        n_tensors += len(reader.tensors)
         actual = path.stat().st_size
         for tensor in reader.tensors:
             end = int(tensor.data_offset) + int(tensor.n_bytes)
@@ -106,6 +196,7 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
             first = reader
     if first is None:  # unreachable: paths is not empty; narrows the type
         raise InvalidModelFile("No GGUF file given.")
+    _check_parts(paths, keys, n_tensors)
 
     def value(key: str) -> Any:
         item = first.get_field(key)

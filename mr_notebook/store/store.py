@@ -6,6 +6,7 @@ Layout under the home folder::
     blobs/sha256/<hex>.incomplete    partial downloads (resumable)
     models/<id hex>.json             one manifest per model: files, config, per-model settings
     index.json                       {"tags": {"ai/tiny:latest": "sha256:<id>"}}
+    links/<id hex>/                  split models: model-00001-of-0000N.gguf … linking to their blobs
     locks/                           filelock files (one per blob, one for the index)
 
 Names never become paths: a name maps to a model id through the index, and ids and digests are hex, so no
@@ -33,7 +34,8 @@ from filelock import FileLock, Timeout
 from mr_notebook.errors import DigestMismatch, LocalFileNotFound, ModelInUse, ModelNotFound, StoreError
 from mr_notebook.settings import default_home
 from mr_notebook.store.files import fsync_dir, sha256_file, write_json_atomic
-from mr_notebook.store.gguf_meta import read_gguf_info
+from mr_notebook.store.gguf_meta import read_gguf_info, split_parts
+from mr_notebook.store.links import publish_links, remove_links
 from mr_notebook.store.records import (
     CHAT_TEMPLATE_MEDIA_TYPE,
     GGUF_MEDIA_TYPE,
@@ -72,6 +74,7 @@ class Store:
         self.blobs_dir = self.home / "blobs" / "sha256"
         self.models_dir = self.home / "models"
         self.locks_dir = self.home / "locks"
+        self.links_dir = self.home / "links"
         self.index_path = self.home / "index.json"
 
     def __repr__(self) -> str:
@@ -254,6 +257,18 @@ class Store:
         """Blob paths of a model's files of one media type, in manifest order (shard 1 first)."""
         return [self.blob_path(f.digest) for f in record.files if f.media_type == media_type]
 
+    def model_file(self, record: ModelRecord) -> Path:
+        """The path llama.cpp loads: a one-file model's blob; a split model's part 1 in ``links/<id hex>/``."""
+        blobs = self.paths(record)
+        if not blobs:
+            raise StoreError(f"Model {record.name} has no GGUF file; pull or package it again.")
+        if len(blobs) == 1:
+            return blobs[0]
+        with self.index_lock():  # not while `rm` deletes the model, which would leave dangling links
+            if self._read_manifest(record.id, []) is None:
+                raise ModelNotFound(f"Model {record.name} was removed from the store; pull it again.")
+            return publish_links(self.links_dir / self._hex(record.id), blobs, record.name)
+
     @contextmanager
     def _locked_index(self) -> Iterator[dict[str, str]]:
         """Hold the index lock; the yielded dict is written back atomically when the block succeeds."""
@@ -310,14 +325,18 @@ class Store:
         return record
 
     def import_gguf(self, path: str | os.PathLike[str], name: str, *, link: bool = True) -> ModelRecord:
-        """Add a local GGUF file as model ``name`` (``mr-notebook package --gguf PATH NAME``)."""
+        """Add a local GGUF file as model ``name`` (``mr-notebook package --gguf PATH NAME``).
+
+        For a split model give part 1 (``…-00001-of-0000N.gguf``): the other parts beside it come along.
+        """
         src = Path(path).expanduser()
         ref = parse_ref(name)
         if not src.is_file():
             raise LocalFileNotFound(f"No file at {src}. Give the path of a .gguf model file.")
-        read_gguf_info([src])  # refuse non-GGUF and damaged files before hashing gigabytes
-        entry = self.add_blob_file(src, link=link)
-        return self.create_model([ref], [entry], source=f"file://{src.resolve()}")
+        parts = split_parts(src)
+        read_gguf_info(parts)  # refuse non-GGUF and damaged files before hashing gigabytes
+        entries = [self.add_blob_file(part, link=link) for part in parts]
+        return self.create_model([ref], entries, source=f"file://{src.resolve()}")
 
     def tag(self, source: str, target: str) -> ModelRecord:
         """Give the model ``source`` the extra name ``target``."""
@@ -359,6 +378,7 @@ class Store:
         """Drop a manifest and the blobs no remaining manifest uses (caller holds the index lock)."""
         record = self._read_manifest(model_id, [])
         self._manifest_path(model_id).unlink(missing_ok=True)
+        remove_links(self.links_dir / self._hex(model_id))
         if record is None:
             return
         still_used = {f.digest for r in self._records(index) for f in r.files}
@@ -408,13 +428,17 @@ class Store:
                 reclaimed += size
             for path in self.models_dir.glob(".*.tmp"):
                 path.unlink(missing_ok=True)
+            ids = {self._hex(model_id) for model_id in index.values()}
+            for folder in list(self.links_dir.iterdir()) if self.links_dir.is_dir() else []:
+                if folder.name not in ids:  # a removed model's, or a half-built one (links take no space)
+                    remove_links(folder)
         return {"files": removed, "bytes": reclaimed}
 
     def purge(self) -> dict[str, int]:
         """Delete every model, blob and partial download (the store folder stays)."""
         usage = self.df()
         with self.index_lock():
-            for folder in (self.blobs_dir, self.models_dir):
+            for folder in (self.blobs_dir, self.models_dir, self.links_dir):
                 shutil.rmtree(folder, ignore_errors=True)
             self.index_path.unlink(missing_ok=True)
         return {"models": usage["models"], "bytes": usage["blobs"] + usage["partials"]}

@@ -27,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 import numpy.typing as npt
+
+from mr_notebook.testing.gguf_files import write_gguf
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -236,14 +237,20 @@ def build_tiny_model(
     name: str = "tiny",
     context_length: int = 512,
     chat_template: str | None = None,
+    splits: int = 1,
 ) -> Path:
     """Write a tiny llama GGUF model to ``path`` (atomically) and return it.
 
-    The same arguments always produce a byte-identical file.
+    With ``splits > 1`` it writes a llama.cpp split model instead, as ``gguf-split`` would:
+    ``{stem}-00001-of-0000N.gguf`` … beside ``path``, tensors spread over the files, metadata and
+    tokenizer in the first; it returns the first file, which is what llama.cpp loads.
+
+    The same arguments always produce byte-identical files.
 
     Raises:
         ValueError: if the reply cannot be represented (too many pieces, too
-            repetitive, empty with ``never_stop``) or ``pooling`` is unknown.
+            repetitive, empty with ``never_stop``), ``pooling`` is unknown or
+            ``splits`` is not between 1 and the number of tensors.
     """
     pieces = reply_pieces(reply)
     if never_stop and not pieces:
@@ -255,11 +262,7 @@ def build_tiny_model(
     tokens, types, scores = _vocabulary(pieces)
     tensors = _weights(tokens, pieces, never_stop, seed)
 
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp_name, "llama")
+    def populate(writer: gguf.GGUFWriter) -> None:
         writer.add_name(name)
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
         writer.add_vocab_size(len(tokens))
@@ -286,17 +289,8 @@ def build_tiny_model(
         writer.add_add_eos_token(False)
         writer.add_add_space_prefix(True)
         writer.add_chat_template(CHATML_TEMPLATE if chat_template is None else chat_template)
-        for tensor_name, array in tensors.items():
-            writer.add_tensor(tensor_name, array)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        Path(tmp_name).replace(target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+
+    return write_gguf(path, "llama", populate, tensors, splits=splits)[0]
 
 
 class TinyModelFactory:
@@ -316,8 +310,11 @@ class TinyModelFactory:
         name: str = "tiny",
         context_length: int = 512,
         chat_template: str | None = None,
+        splits: int = 1,
     ) -> Path:
-        key = repr((reply, never_stop, pooling, seed, name, context_length, chat_template))
+        options = (reply, never_stop, pooling, seed, name, context_length, chat_template)
+        # One-file models keep their old key, so their file names do not change.
+        key = repr(options if splits == 1 else (*options, splits))
         cached = self._cache.get(key)
         if cached is not None and cached.exists():
             return cached
@@ -332,6 +329,7 @@ class TinyModelFactory:
             name=name,
             context_length=context_length,
             chat_template=chat_template,
+            splits=splits,
         )
         self._cache[key] = path
         return path
