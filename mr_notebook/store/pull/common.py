@@ -1,16 +1,15 @@
 """What every puller shares: progress events and bars, and the resumable, verified blob download.
 
 A blob is written by one process at a time (the store's per-blob file lock), into the store's
-``<hex>.incomplete`` file, hashed while it streams; an existing partial file is hashed first and the
-download continues from its end with an HTTP Range request. Only :meth:`Store.commit_partial` makes it a
-blob, and only when the sha256 matches. Pullers supply a *fetcher*: a function that writes the bytes from
-``writer.tell()`` onwards into the :class:`HashingWriter` it is given.
+``<hex>.incomplete`` file, hashed while it streams (on a thread of its own, see :mod:`.sink`); an existing
+partial file is hashed first and the download continues from its end with an HTTP Range request. Only
+:meth:`Store.commit_partial` makes it a blob, and only when the sha256 matches. Pullers supply a *fetcher*:
+a function that writes the bytes from ``writer.tell()`` onwards into the :class:`HashingWriter` it is given.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import shutil
 import threading
@@ -18,10 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from mr_notebook.errors import Cancelled, ModelNotFound, OfflineError, PullError, StoreError
 from mr_notebook.store.gguf_meta import format_bytes
+from mr_notebook.store.pull.sink import HashingWriter
 from mr_notebook.store.refs import ModelRef
 from mr_notebook.store.store import ModelRecord, Store
 
@@ -88,67 +88,6 @@ class Reporter:
         return self.tqdm_class(
             total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=True
         )
-
-
-class HashingWriter:
-    """The file object fetchers write into: appends to the partial file, hashes, reports, cancels."""
-
-    def __init__(
-        self, handle: BinaryIO, path: Path, on_bytes: Callable[[int, int], None], check_cancel: Callable[[], None]
-    ) -> None:
-        self._handle = handle
-        self._path = path
-        self._on_bytes = on_bytes
-        self._check_cancel = check_cancel
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.downloaded = 0
-        self._rehash(path.stat().st_size)
-
-    def _rehash(self, upto: int) -> None:
-        """Hash the first ``upto`` bytes already on disk (a resumed download's prefix)."""
-        self._hash = hashlib.sha256()
-        with open(self._path, "rb") as existing:
-            remaining = upto
-            while remaining > 0 and (chunk := existing.read(min(remaining, 1 << 20))):
-                self._hash.update(chunk)
-                remaining -= len(chunk)
-        self.size = upto - remaining
-
-    def write(self, data: bytes) -> int:
-        self._check_cancel()
-        self._handle.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-        self.downloaded += len(data)
-        self._on_bytes(len(data), self.size)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        """Only rewinding is meaningful: a server that ignored our Range makes the fetcher start over."""
-        target = offset if whence == 0 else self.size + offset
-        if target < self.size:
-            self._handle.flush()
-            self._handle.truncate(target)
-            self._rehash(target)
-            self._on_bytes(0, self.size)
-        return self.size
-
-    def truncate(self, size: int | None = None) -> int:
-        return self.seek(self.size if size is None else size)
-
-    def restart(self) -> None:
-        self.seek(0)
-
-    def flush(self) -> None:
-        self._handle.flush()
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
 
 
 Fetcher = Callable[[HashingWriter], None]
@@ -245,12 +184,15 @@ def _download_locked(store: Store, digest: str, size: int, fetcher: Fetcher, rep
         try:
             if existing:
                 logger.info("Resuming %s at byte %d of %d", label, existing, size)
-            with open(partial, "ab") as handle:
-                writer = HashingWriter(handle, partial, on_bytes, reporter.check_cancel)
+            # Unbuffered: the sink writes its large buffers with one system call each, no extra copy.
+            with (
+                open(partial, "ab", buffering=0) as handle,
+                HashingWriter(handle, partial, on_bytes, reporter.check_cancel) as writer,
+            ):
                 if writer.size < size:
                     reporter.emit("downloading", f"Downloading {label}", digest, writer.size, size)
                     fetcher(writer)
-                handle.flush()
+                writer.flush()
         finally:
             if bar is not None:
                 bar.close()

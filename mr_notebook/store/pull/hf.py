@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from mr_notebook.errors import AuthenticationRequired, PullError, RemoteNotFound
 from mr_notebook.store.pull.common import (
-    HashingWriter,
     PullResult,
     Reporter,
     fetch_blob,
     stored,
     unreachable,
 )
+from mr_notebook.store.pull.sink import HashingWriter
 from mr_notebook.store.refs import DEFAULT_HF_QUANT, ModelRef
 from mr_notebook.store.store import GGUF_MEDIA_TYPE, ModelFile, Store
 
