@@ -1,4 +1,4 @@
-"""Model metadata read from GGUF headers with the ``gguf`` package (tensor data is never loaded)."""
+"""Model metadata read from GGUF headers (tensor data and token lists are never loaded)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mr_notebook.errors import InvalidModelFile, LocalFileNotFound
+from mr_notebook.store.gguf_header import GGUF_MAGIC, ArrayInfo, GGUFHeader, read_header
 
-if TYPE_CHECKING:
-    import gguf
+__all__ = ["GGUF_MAGIC", "GGUFInfo", "format_bytes", "format_parameters", "read_gguf_info", "split_parts"]
 
-GGUF_MAGIC = b"GGUF"
 # Keys copied into the manifest's ``gguf`` map: scalars only (token lists would make it megabytes).
 _SKIP_PREFIXES = ("tokenizer.ggml.", "tokenizer.chat_template")
 
@@ -72,28 +71,20 @@ def _quant_name(file_type: int | None, tensor_types: Counter[str]) -> str:
     return tensor_types.most_common(1)[0][0] if tensor_types else "unknown"
 
 
-def _open(path: Path) -> gguf.GGUFReader:
-    import gguf
-
-    with open(path, "rb") as handle:
-        if handle.read(4) != GGUF_MAGIC:
-            raise InvalidModelFile(
-                f"{path} is not a GGUF model file (it does not start with 'GGUF'). "
-                "mr-notebook runs llama.cpp GGUF models; convert others with llama.cpp's convert_hf_to_gguf.py."
-            )
+def _open(path: Path) -> GGUFHeader:
     try:
-        return gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise InvalidModelFile(f"{path} is a damaged or truncated GGUF file ({exc}).") from exc
+        return read_header(path)
+    except OSError as exc:
+        raise InvalidModelFile(f"{path} could not be read ({exc.strerror or exc}).") from exc
 
 
-def _split_keys(reader: gguf.GGUFReader) -> tuple[int, int, int] | None:
+def _split_keys(header: GGUFHeader) -> tuple[int, int, int] | None:
     """(split.no, split.count, split.tensors.count) of a part of a split model; None for a one-file model."""
     import gguf
 
     def number(key: str, default: int) -> int:
-        item = reader.get_field(key)
-        return default if item is None else int(item.contents())
+        item = header.fields.get(key)
+        return default if item is None else int(item)
 
     count = number(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, 0)
     if count <= 1:  # llama.cpp treats split.count 0 or 1 as a whole model
@@ -168,13 +159,11 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
     """Read metadata from a GGUF file, or the parts of a split one (part 1 first): sizes and counts add up."""
     if not paths:
         raise InvalidModelFile("No GGUF file given.")
-    import gguf
-
     parameters = 0
     size = 0
     n_tensors = 0
     tensor_types: Counter[str] = Counter()
-    first: gguf.GGUFReader | None = None
+    first: GGUFHeader | None = None
     keys: list[tuple[int, int, int] | None] = []
     for path in paths:
         reader = _open(path)
@@ -182,15 +171,15 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
         n_tensors += len(reader.tensors)
         actual = path.stat().st_size
         for tensor in reader.tensors:
-            end = int(tensor.data_offset) + int(tensor.n_bytes)
+            end = tensor.offset + tensor.n_bytes
             if end > actual:
                 raise InvalidModelFile(
                     f"{path} is truncated: tensor {tensor.name!r} ends at byte {end}, the file has {actual}. "
                     "Download or copy it again."
                 )
-            parameters += int(tensor.n_elements)
+            parameters += tensor.n_elements
             if len(tensor.shape) >= 2:
-                tensor_types[tensor.tensor_type.name] += 1
+                tensor_types[tensor.type_name] += 1
         size += actual
         if first is None:
             first = reader
@@ -199,19 +188,15 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
     _check_parts(paths, keys, n_tensors)
 
     def value(key: str) -> Any:
-        item = first.get_field(key)
-        return None if item is None else item.contents()
+        item = first.fields.get(key)
+        return None if isinstance(item, ArrayInfo) else item
 
     arch = str(value("general.architecture") or "unknown")
     metadata: dict[str, Any] = {}
-    for key, item in first.fields.items():
-        if key.startswith("GGUF.") or key.startswith(_SKIP_PREFIXES):
+    for key, content in first.fields.items():
+        if key.startswith(_SKIP_PREFIXES) or isinstance(content, list | ArrayInfo):
             continue
-        if item.types and item.types[0] != gguf.GGUFValueType.ARRAY:
-            content = item.contents()
-            if isinstance(content, float) and not math.isfinite(content):
-                content = str(content)
-            metadata[key] = content
+        metadata[key] = str(content) if isinstance(content, float) and not math.isfinite(content) else content
 
     def int_value(key: str) -> int:
         raw = value(f"{arch}.{key}")
@@ -219,7 +204,7 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
             raw = max(raw) if raw else 0
         return int(raw or 0)
 
-    tokens = first.get_field("tokenizer.ggml.tokens")
+    tokens = first.fields.get("tokenizer.ggml.tokens")
     n_head = int_value("attention.head_count")
     pooling = value(f"{arch}.pooling_type")
     return GGUFInfo(
@@ -227,13 +212,13 @@ def read_gguf_info(paths: Sequence[Path]) -> GGUFInfo:
         parameters=parameters,
         quantization=_quant_name(value("general.file_type"), tensor_types),
         context_length=int_value("context_length"),
-        has_chat_template=first.get_field("tokenizer.chat_template") is not None,
+        has_chat_template="tokenizer.chat_template" in first.fields,
         size=size,
         n_layer=int_value("block_count"),
         n_embd=int_value("embedding_length"),
         n_head=n_head,
         n_head_kv=int_value("attention.head_count_kv") or n_head,
-        n_vocab=len(tokens.data) if tokens is not None else 0,
+        n_vocab=tokens.count if isinstance(tokens, ArrayInfo) else len(tokens or ()),
         pooling=None if pooling is None else int(pooling),
         metadata=metadata,
     )
