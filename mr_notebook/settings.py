@@ -69,6 +69,11 @@ def default_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def runtime_file(home: Path) -> Path:
+    """Where a running ``mr-notebook serve`` announces itself in a store home (``{"url", "pid", "auth"}``)."""
+    return home / "run" / "server.json"
+
+
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if not raw:

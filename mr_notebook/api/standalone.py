@@ -25,7 +25,7 @@ from tornado.netutil import bind_sockets
 from mr_notebook.api.app import make_application
 from mr_notebook.api.context import ApiContext, ApiLimits
 from mr_notebook.errors import MrNotebookError
-from mr_notebook.settings import DEFAULT_PORT, EngineSettings
+from mr_notebook.settings import DEFAULT_PORT, EngineSettings, runtime_file
 
 if TYPE_CHECKING:
     from mr_notebook.engine import SyncRunner
@@ -56,10 +56,6 @@ def _url(host: str, port: int) -> str:
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
     return f"http://{shown}:{port}/"
-
-
-def runtime_file(home: Path) -> Path:
-    return home / "run" / "server.json"
 
 
 def write_runtime_file(home: Path, url: str, auth: bool) -> Path:

@@ -15,7 +15,8 @@ Importing this package is cheap: httpx and the engine are imported by the engine
 """
 
 from mr_notebook.client.base import ChatStream, Engine, ProgressCallback, PullSummary, error_for_code
-from mr_notebook.client.discovery import connect, find_server, runtime_file
+from mr_notebook.client.discovery import connect, find_server
+from mr_notebook.settings import runtime_file
 
 __all__ = [
     "ChatStream",

@@ -10,17 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from mr_notebook.client.base import Engine
-from mr_notebook.settings import default_home
+from mr_notebook.settings import default_home, runtime_file
 
 log = logging.getLogger(__name__)
 
 #: A stale runtime file must not make a kernel hang: the health check gets this long.
 HEALTH_TIMEOUT = 1.5
-
-
-def runtime_file(home: Path) -> Path:
-    """Where ``mr-notebook serve`` announces itself (``{"url", "pid", "auth"}``)."""
-    return home / "run" / "server.json"
 
 
 def _pid_alive(pid: int) -> bool:
