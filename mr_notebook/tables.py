@@ -1,20 +1,39 @@
-"""Rows and plain-text tables shared by the CLI and the notebook display (``list``, ``ps``, ``df``)."""
+"""Rows and plain-text tables shared by the CLI and the notebook display (``list``, ``ps``, ``df``).
+
+Cheap to import (the store package is imported only by the functions that format sizes), because
+``%load_ext mr_notebook`` imports it through the magics.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
-
-from mr_notebook.store.gguf_meta import format_bytes
 
 MODEL_COLUMNS = ("MODEL NAME", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE")
 PS_COLUMNS = ("MODEL NAME", "PID", "MEMORY", "CONTEXT", "KEEP ALIVE", "UNTIL", "IN FLIGHT", "QUEUED")
 
 
-def ago(timestamp: float, now: float | None = None) -> str:
-    """Unix time → ``"3 minutes ago"`` (what ``docker model list`` shows)."""
-    seconds = max(0, int((time.time() if now is None else now) - timestamp))
+def _unix(value: Any) -> float | None:
+    """Unix seconds from a number (in-process) or an ISO 8601 string (over HTTP); None when absent."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if value else None
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def ago(timestamp: Any, now: float | None = None) -> str:
+    """A time → ``"3 minutes ago"`` (Docker's CREATED column), ``"in 5 minutes"`` when in the future."""
+    moment = _unix(timestamp)
+    if moment is None:
+        return ""
+    delta = (time.time() if now is None else now) - moment
+    seconds = int(abs(delta))
     for size, unit in (
         (86400 * 365, "year"),
         (86400 * 30, "month"),
@@ -22,49 +41,46 @@ def ago(timestamp: float, now: float | None = None) -> str:
         (86400, "day"),
         (3600, "hour"),
         (60, "minute"),
+        (1, "second"),
     ):
-        if seconds >= size:
+        if seconds >= size or unit == "second":
             count = seconds // size
-            return f"{count} {unit}{'s' if count > 1 else ''} ago"
-    return "just now" if seconds < 5 else f"{seconds} seconds ago"
+            if unit == "second" and count < 5:
+                return "just now"
+            words = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {words}" if delta < 0 else f"{words} ago"
+    return ""  # unreachable: the seconds step always answers
 
 
-def model_rows(models: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+def model_rows(models: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
     """One row per name of each model (Docker's JSON shape in), like ``docker model list``."""
+    now = time.time() if now is None else now
     rows = []
     for model in models:
-        config = model.get("config", {})
+        config = model.get("config") or {}
         context = config.get("context_size")
         short_id = str(model.get("id", "")).removeprefix("sha256:")[:12]
+        created = ago(model.get("created"), now)
         for tag in model.get("tags") or ["<none>"]:
             rows.append(
                 {
                     "MODEL NAME": tag,
-                    "PARAMETERS": str(config.get("parameters", "")),
-                    "QUANTIZATION": str(config.get("quantization", "")),
-                    "ARCHITECTURE": str(config.get("architecture", "")),
+                    "PARAMETERS": str(config.get("parameters") or ""),
+                    "QUANTIZATION": str(config.get("quantization") or ""),
+                    "ARCHITECTURE": str(config.get("architecture") or ""),
                     "MODEL ID": short_id,
-                    "CREATED": ago(float(model.get("created", 0))),
+                    "CREATED": created,
                     "CONTEXT": str(context) if context else "",
-                    "SIZE": str(config.get("size", "")),
+                    "SIZE": str(config.get("size") or ""),
                 }
             )
     return rows
 
 
-def _unix(value: Any) -> float | None:
-    """A time as unix seconds, from a number (in-process) or an ISO 8601 string (over HTTP)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    from datetime import datetime
-
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
 def ps_rows(loaded: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
     """Rows for ``ps`` from ModelStatus JSON."""
+    from mr_notebook.store import format_bytes
+
     now = time.time() if now is None else now
     rows = []
     for item in loaded:
@@ -93,6 +109,8 @@ def ps_rows(loaded: Iterable[Mapping[str, Any]], now: float | None = None) -> li
 
 def df_rows(usage: Mapping[str, int]) -> list[dict[str, str]]:
     """Rows for ``df``: what the store's blobs and partial downloads use."""
+    from mr_notebook.store import format_bytes
+
     return [
         {"TYPE": "Models", "COUNT": str(usage.get("models", 0)), "SIZE": format_bytes(usage.get("blobs", 0))},
         {"TYPE": "Partial downloads", "COUNT": "", "SIZE": format_bytes(usage.get("partials", 0))},

@@ -16,15 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from mr_notebook.errors import MrNotebookError
+from mr_notebook.tables import MODEL_COLUMNS, ago, model_rows, text_table
 
 _RED, _RESET = "\x1b[31m", "\x1b[0m"
-
-
-def _text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    lines = ["   ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
 
 
 def _html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> str:
@@ -53,7 +47,9 @@ class Table(list[dict[str, Any]]):
         self.empty = empty
 
     def __repr__(self) -> str:
-        return _text_table(self.columns, self.rows) if self.rows else self.empty
+        if not self.rows:
+            return self.empty
+        return text_table([dict(zip(self.columns, row, strict=True)) for row in self.rows], self.columns)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
@@ -100,36 +96,6 @@ class MarkdownText:
 
 
 # ---------------------------------------------------------------------- formatting helpers
-def _unix(value: Any) -> float | None:
-    """Unix seconds from a number or an ISO 8601 string (the HTTP API sends ISO, the Runner numbers)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) if value else None
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
-def ago(timestamp: Any, now: float | None = None) -> str:
-    """1700000000 (or "2024-01-01T00:00:00Z") → "3 minutes ago" (Docker's CREATED column)."""
-    moment = _unix(timestamp)
-    if moment is None:
-        return ""
-    seconds = (now if now is not None else time.time()) - moment
-    future = seconds < 0
-    seconds = abs(seconds)
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds >= size or unit == "second":
-            count = int(seconds // size)
-            if unit == "second" and count < 5:
-                return "just now"
-            words = f"{count} {unit}{'s' if count != 1 else ''}"
-            return f"in {words}" if future else f"{words} ago"
-    return ""  # unreachable
-
-
 def size_text(value: Any) -> str:
     from mr_notebook.store import format_bytes
 
@@ -137,28 +103,10 @@ def size_text(value: Any) -> str:
 
 
 def model_table(models: Sequence[dict[str, Any]]) -> Table:
-    columns = ["MODEL NAME", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE"]
-    now = time.time()
-    rows = []
-    for model in models:
-        config = model.get("config") or {}
-        model_id = str(model.get("id", "")).removeprefix("sha256:")[:12]
-        for tag in model.get("tags") or ["<none>"]:
-            rows.append(
-                [
-                    tag,
-                    str(config.get("parameters") or ""),
-                    str(config.get("quantization") or ""),
-                    str(config.get("architecture") or ""),
-                    model_id,
-                    ago(model.get("created"), now),
-                    str(config.get("context_size") or ""),
-                    str(config.get("size") or ""),
-                ]
-            )
+    rows = [[row[c] for c in MODEL_COLUMNS] for row in model_rows(models)]
     return Table(
         models,
-        columns,
+        MODEL_COLUMNS,
         rows,
         "No models stored yet. Pull one with %model pull ai/smollm2, or add "
         "a local file with %model package --gguf PATH NAME.",
