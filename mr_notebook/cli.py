@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.settings import DEFAULT_PORT
-from mr_notebook.store import Store
+from mr_notebook.store import Store, format_bytes, normalize
 from mr_notebook.tables import MODEL_COLUMNS, PS_COLUMNS, df_rows, model_rows, ps_rows, text_table
 
 if TYPE_CHECKING:
@@ -32,16 +32,10 @@ def cmd_package(args: argparse.Namespace) -> int:
     record = _store(args).import_gguf(args.gguf, args.name, link=not args.copy)
     config = record.config
     print(
-        f"Model {_canonical(args.name)} packaged ({record.short_id}, {config.get('parameters')} "
+        f"Model {normalize(args.name)} packaged ({record.short_id}, {config.get('parameters')} "
         f"{config.get('quantization')}, {config.get('size')})"
     )
     return 0
-
-
-def _canonical(name: str) -> str:
-    from mr_notebook.store import normalize
-
-    return normalize(name)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -70,7 +64,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_tag(args: argparse.Namespace) -> int:
     _store(args).tag(args.source, args.target)
-    print(f"Model {_canonical(args.source)} tagged as {_canonical(args.target)}")
+    print(f"Model {normalize(args.source)} tagged as {normalize(args.target)}")
     return 0
 
 
@@ -82,8 +76,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     report = _store(args).prune()
-    from mr_notebook.store import format_bytes
-
     print(f"Removed {report['files']} unused file(s), reclaimed {format_bytes(report['bytes'])}")
     return 0
 
@@ -99,8 +91,6 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print("Nothing deleted.")
             return 1
     report = store.purge()
-    from mr_notebook.store import format_bytes
-
     print(f"Deleted {report['models']} model(s), reclaimed {format_bytes(report['bytes'])}")
     return 0
 
@@ -116,7 +106,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from mr_notebook.store.pull import pull
 
     result = pull(_store(args), args.model, tqdm_class=None if args.quiet else tqdm)
-    name = _canonical(args.model)
+    name = normalize(args.model)
     if result.already_present:
         print(f"Model {name} is up to date ({result.record.short_id})")
     else:
@@ -145,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     engine = _engine(args)
     try:
-        model = _canonical(args.model)
+        model = normalize(args.model)
         engine.load(model)
         if args.prompt:
             _answer(engine, model, [{"role": "user", "content": " ".join(args.prompt)}])
@@ -215,7 +205,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
         return 2
     engine = _engine(args)
     try:
-        count = engine.unload(None if args.all else [_canonical(m) for m in args.models])
+        count = engine.unload(None if args.all else [normalize(m) for m in args.models])
     finally:
         engine.close()
     print(f"Unloaded {count} model(s)")
@@ -246,7 +236,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
         model = engine.configure(args.model, context_size=args.context_size, keep_alive=keep_alive)
     finally:
         engine.close()
-    print(f"Configured {_canonical(args.model)}: {json.dumps(model.get('settings', {}))} (applies at the next load)")
+    print(f"Configured {normalize(args.model)}: {json.dumps(model.get('settings', {}))} (applies at the next load)")
     return 0
 
 
