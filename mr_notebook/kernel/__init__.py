@@ -6,7 +6,11 @@ is made by the first verb that needs it (see :func:`mr_notebook.client.connect`)
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mr_notebook.client import Engine
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -24,6 +28,19 @@ def unload_ipython_extension(ipython: Any) -> None:
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)
     magics.state.close()
+
+
+def shell_engine() -> Engine | None:
+    """The engine of the running IPython shell's magics (loading the extension if needed); None outside IPython."""
+    if "IPython" not in sys.modules:  # only look when IPython is there; importing it in a script is slow
+        return None
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return None
+    engine: Engine = kernel_state(shell).engine
+    return engine
 
 
 def kernel_state(ipython: Any) -> Any:

@@ -7,7 +7,6 @@ started on demand from a background thread.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from mr_notebook.errors import EngineUnavailable
@@ -20,16 +19,12 @@ if TYPE_CHECKING:
 
 def _current_engine() -> tuple[Engine, bool]:
     """(engine, whether the caller must close it)."""
-    shell = None
-    if "IPython" in sys.modules:  # only look when IPython is there; importing it in a script is slow
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    if shell is not None:
-        from mr_notebook.kernel import kernel_state
-
-        return kernel_state(shell).engine, False
     from mr_notebook.client import connect
+    from mr_notebook.kernel import shell_engine
+
+    shared = shell_engine()
+    if shared is not None:
+        return shared, False
 
     engine = connect()
     if engine.mode == "local":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +24,12 @@ def bundle(*names: str) -> str:
 
 def current_engine() -> tuple[Engine, bool]:
     """(engine, whether the widget owns it): the magics' engine in IPython, else a fresh connection."""
-    shell = None
-    if "IPython" in sys.modules:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    if shell is not None:
-        from mr_notebook.kernel import kernel_state
-
-        return kernel_state(shell).engine, False
     from mr_notebook.client import connect
+    from mr_notebook.kernel import shell_engine
+
+    shared = shell_engine()
+    if shared is not None:
+        return shared, False
 
     return connect(), True
 
