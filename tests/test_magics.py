@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.testing.globalipapp import start_ipython
@@ -44,7 +45,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModel
 @pytest.fixture(scope="module")
 def shell(home: Path) -> Iterator[InteractiveShell]:
     """One shell for the module, its extension loaded on an in-kernel engine over ``home``."""
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # None when another test module started the global shell first
     assert ip is not None
     ip.run_line_magic("load_ext", "mr_notebook")
     kernel_state(ip).use(LocalEngine(Store(home)))
