@@ -17,6 +17,7 @@ __all__ = [
     "endpoint",
     "load_ipython_extension",
     "manager",
+    "map",
     "openai_client",
 ]
 
@@ -27,6 +28,7 @@ _LAZY = {
     "endpoint": "mr_notebook.kernel.client",
     "chat": "mr_notebook.widgets",
     "manager": "mr_notebook.widgets",
+    "map": "mr_notebook.workflows",
 }
 
 

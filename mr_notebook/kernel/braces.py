@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -47,8 +47,32 @@ def resolve(reference: str, namespace: Mapping[str, Any]) -> Any:
     return value
 
 
-def substitute(text: str, namespace: Mapping[str, Any]) -> str:
-    """Replace the ``{reference}`` placeholders that resolve in ``namespace``; see the module doc."""
+def placeholders(text: str) -> list[str]:
+    """The ``{reference}`` placeholders in ``text`` (escaped ``{{reference}}`` ones excluded)."""
+    found: list[str] = []
+    pos = 0
+    while (start := text.find("{", pos)) >= 0:
+        escaped = _ESCAPED.match(text, start)
+        if escaped is not None:
+            pos = escaped.end()
+            continue
+        placeholder = _PLACEHOLDER.match(text, start)
+        if placeholder is not None:
+            found.append(placeholder.group(1))
+            pos = placeholder.end()
+        else:
+            pos = start + 1
+    return found
+
+
+def substitute(
+    text: str,
+    namespace: Mapping[str, Any],
+    render: Callable[[Any], str] = str,
+    used: list[str] | None = None,
+) -> str:
+    """Replace the ``{reference}`` placeholders that resolve in ``namespace`` by ``render(value)``; see the
+    module doc. The references replaced are appended to ``used`` when given."""
     out: list[str] = []
     pos = 0
     while True:
@@ -66,7 +90,9 @@ def substitute(text: str, namespace: Mapping[str, Any]) -> str:
         if placeholder is not None:
             value = resolve(placeholder.group(1), namespace)
             if value is not _MISSING:
-                out.append(str(value))
+                out.append(render(value))
+                if used is not None:
+                    used.append(placeholder.group(1))
                 pos = placeholder.end()
                 continue
         out.append("{")

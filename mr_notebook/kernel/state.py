@@ -40,6 +40,8 @@ class KernelState:
         #: The model ``%%chat`` uses without ``-m``: the last one ``%model run`` loaded.
         self.default_model: str | None = None
         self.conversations: dict[str, Conversation] = {}
+        #: Stored models this kernel used (name → digest), for ``%model lock``.
+        self.used_models: dict[str, str] = {}
 
     @property
     def engine(self) -> Engine:
