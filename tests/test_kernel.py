@@ -121,11 +121,11 @@ def test_interrupting_a_kernel_stops_the_in_kernel_generation(home: Path, tmp_pa
         shown = text_of(messages)
         assert reply["status"] == "error" and reply["ename"] == "GenerationStopped", (reply, shown[-500:])
         assert "one two" in shown and "*[stopped]*" in shown and "Traceback" not in shown
-        # Markdown updated in place: one display, then updates of the same display id.
+        # Sanitised Markdown (HTML) updated in place: one display, then updates of the same display id.
         displays = [m for m in messages if m["msg_type"] == "display_data"]
         updates = [m for m in messages if m["msg_type"] == "update_display_data"]
         assert len(displays) == 1 and updates
-        assert "text/markdown" in displays[0]["content"]["data"]
+        assert "text/html" in displays[0]["content"]["data"]
         display_id = displays[0]["content"]["transient"]["display_id"]
         assert {m["content"]["transient"]["display_id"] for m in updates} == {display_id}
         # The worker stopped generating: nothing in flight, and the next request is served at once.
