@@ -11,6 +11,7 @@ from mr_notebook.engine.results import (
     ModelStatus,
     Usage,
     collect,
+    collect_choices,
 )
 from mr_notebook.engine.runner import Runner
 from mr_notebook.engine.sync import SyncRunner
@@ -25,4 +26,5 @@ __all__ = [
     "SyncRunner",
     "Usage",
     "collect",
+    "collect_choices",
 ]

@@ -26,6 +26,61 @@ log = logging.getLogger(__name__)
 #: How long a worker may take to exit after ``shutdown`` before it is killed.
 SHUTDOWN_GRACE = 5.0
 
+#: The only environment variables a worker inherits. A worker parses untrusted GGUF files and chat
+#: templates, so it must not hold the Jupyter token, API keys or registry credentials; what is left is what
+#: Python, the dynamic loader, OpenMP and the GPU runtimes read.
+ENV_ALLOWED = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "SYSTEMROOT",
+        "SYSTEMDRIVE",
+        "WINDIR",
+        "COMSPEC",
+        "PATHEXT",
+        "NUMBER_OF_PROCESSORS",
+        "LD_LIBRARY_PATH",
+        "DYLD_LIBRARY_PATH",
+        "DYLD_FALLBACK_LIBRARY_PATH",
+        "LIBRARY_PATH",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "PYTHONFAULTHANDLER",
+        "MR_NOTEBOOK_WORKER_LOG",
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "HIP_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+        "ZE_AFFINITY_MASK",
+        "ONEAPI_DEVICE_SELECTOR",
+    }
+)
+#: Prefixes of variables that tune the runtimes (``LC_ALL``, ``OMP_NUM_THREADS``, ``GGML_VK_…``).
+ENV_ALLOWED_PREFIXES = ("LC_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "GGML_", "LLAMA_ARG_NO", "VK_", "MTL_")
+
+
+def worker_env(environ: dict[str, str] | os._Environ[str], extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a worker: the allow-listed part of ``environ``, our PYTHONPATH, then ``extra``."""
+    env = {k: v for k, v in environ.items() if k in ENV_ALLOWED or k.startswith(ENV_ALLOWED_PREFIXES)}
+    # The worker must import this very package, even when it runs from a source tree.
+    root = str(Path(mr_notebook.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
 
 @dataclass
 class Pending:
@@ -84,25 +139,46 @@ class WorkerHandle:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: The longest message line accepted from the worker; a longer one is a protocol error.
+        self.max_line = MAX_LINE
+        self.n_vocab = 0
+        self.threads = 0
+        self.parallel = 1
+        #: The worker's latest scheduler statistics (``stats`` messages).
+        self.stats: dict[str, Any] = {}
+        self._broken = False
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None and not self.closing
+        return self._proc is not None and self._proc.returncode is None and not self.closing and not self._broken
 
     @property
     def queued(self) -> int:
         return max(self.active - len(self.running), 0)
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # The worker must import this very package, even when it runs from a source tree.
-        root = str(Path(mr_notebook.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        env.update(self._extra_env)
-        return env
-
     async def start(self, timeout: float) -> None:
-        """Spawn the worker and wait until the model is loaded (``ModelLoadError`` if it is not)."""
+        """Spawn the worker and wait until the model is loaded (``ModelLoadError`` if it is not).
+
+        On any failure, cancellation included, the worker process is killed before this returns.
+        """
+        try:
+            await self._start(timeout)
+        except BaseException:
+            self._kill()
+            raise
+
+    def _kill(self) -> None:
+        """End the process now (no await: this also runs while a cancellation unwinds)."""
+        self.closing = True
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:
+                pass
+        if self._writer is not None:
+            self._writer.close()
+
+    async def _start(self, timeout: float) -> None:
         ours, theirs = socket.socketpair()
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -115,7 +191,7 @@ class WorkerHandle:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(theirs.fileno(),),
-                env=self._env(),
+                env=worker_env(os.environ, self._extra_env),
             )
         except BaseException:
             ours.close()
@@ -123,7 +199,7 @@ class WorkerHandle:
         finally:
             theirs.close()
         self.pid = self._proc.pid
-        self._reader, self._writer = await asyncio.open_connection(sock=ours, limit=MAX_LINE)
+        self._reader, self._writer = await asyncio.open_connection(sock=ours, limit=self.max_line)
         self._tasks.append(asyncio.create_task(self._drain_stderr()))
         self._writer.write(encode({"op": "load", "config": self.config}))
         try:
@@ -147,6 +223,9 @@ class WorkerHandle:
                 + ". The file may be damaged; remove the model and pull (or package) it again."
             )
         self.n_ctx = int(message.get("n_ctx", self.n_ctx))
+        self.n_vocab = int(message.get("n_vocab", 0))
+        self.threads = int(message.get("threads", 0))
+        self.parallel = int(message.get("parallel", 1))
         self.loaded_at = self.last_used = time.time()
         self._tasks.append(asyncio.create_task(self._dispatch()))
 
@@ -164,9 +243,13 @@ class WorkerHandle:
         """Route worker messages to their requests; at end of input, fail what is left."""
         if self._reader is None or self._proc is None:
             return
+        broken: str | None = None
         try:
             while line := await self._reader.readline():
                 message = decode(line)
+                if message.get("type") == "stats":
+                    self.stats = message
+                    continue
                 pending = self._pending.get(message.get("id", -1))
                 if pending is None:
                     continue  # a request that was cancelled on this side
@@ -175,16 +258,28 @@ class WorkerHandle:
                     self.running.add(pending.rid)
                     continue
                 pending.queue.put_nowait(message)
-        except (OSError, ValueError) as exc:
-            log.warning("lost the connection to worker %s (%s): %s", self.pid, self.name, exc)
+        except (OSError, ValueError) as exc:  # a line over max_line, broken JSON, a reset socket
+            broken = str(exc) or type(exc).__name__
+            log.warning("protocol error from worker %s (%s): %s; killing it", self.pid, self.name, broken)
+            self._broken = True
+            if not self.closing:
+                # The stream cannot be resynchronised: a worker left running would hold its requests forever.
+                self._proc.kill()
         returncode = await self._proc.wait()
         if not self.closing:
             tail = " | ".join(list(self._stderr)[-3:])
-            error = WorkerCrashed(
-                f"The worker process for model {self.name} (pid {self.pid}) {exit_reason(returncode)} while "
-                "serving this request. The next request starts a fresh worker; if this repeats, check free "
-                "memory (the system may have killed it)" + (f". Last worker output: {tail}" if tail else ".")
-            )
+            if broken is not None:
+                error = WorkerCrashed(
+                    f"The worker for model {self.name} (pid {self.pid}) sent a message the server could not "
+                    f"read ({broken[:200]}), so it was stopped. Send the request again (a fresh worker starts); "
+                    "if it repeats, ask for less at once (fewer inputs or tokens per request)."
+                )
+            else:
+                error = WorkerCrashed(
+                    f"The worker process for model {self.name} (pid {self.pid}) {exit_reason(returncode)} while "
+                    "serving this request. The next request starts a fresh worker; if this repeats, check free "
+                    "memory (the system may have killed it)" + (f". Last worker output: {tail}" if tail else ".")
+                )
             self._fail_all(error)
         self._on_exit(self)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,26 @@ def context_size(settings: dict[str, Any], hints: dict[str, Any]) -> int:
     return min(trained, DEFAULT_CONTEXT_CAP) if trained > 0 else DEFAULT_CONTEXT_CAP
 
 
-def estimate(hints: dict[str, Any], n_ctx: int) -> Estimate:
-    """Weights (file size) + f16 KV cache for ``n_ctx`` tokens + compute buffers, from GGUF metadata."""
+def default_threads() -> int:
+    """Physical cores this process may run on (as llama-server and Ollama choose), at least 1.
+
+    llama-cpp-python's default (half the logical CPUs) leaves cores idle on machines without SMT; more
+    threads than physical cores make decoding slower (two threads fight over one core's vector units).
+    """
+    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows: no affinity mask to respect
+        allowed = physical
+    return max(1, min(physical, allowed))
+
+
+def estimate(hints: dict[str, Any], n_ctx: int, parallel: int = 1) -> Estimate:
+    """Weights (file size) + f16 KV cache + compute buffers, from GGUF metadata.
+
+    The ``parallel`` sequences share one unified KV cache of ``n_ctx`` cells, so the cache does not grow with
+    them; each sequence adds a row of logits to the output buffer.
+    """
     n_layer = int(hints.get("n_layer") or 0)
     n_embd = int(hints.get("n_embd") or 0)
     n_head = int(hints.get("n_head") or 1)
@@ -53,7 +72,7 @@ def estimate(hints: dict[str, Any], n_ctx: int) -> Estimate:
     n_vocab = int(hints.get("n_vocab") or 0)
     kv = 2 * n_layer * n_ctx * n_head_kv * (n_embd // max(n_head, 1)) * 2
     # Logits for one batch plus activations, roughly what llama.cpp's compute buffer reserves.
-    compute = BATCH * (n_vocab + 8 * n_embd) * 4 + PROCESS_OVERHEAD
+    compute = BATCH * (n_vocab + 8 * n_embd) * 4 + parallel * n_vocab * 4 + PROCESS_OVERHEAD
     return Estimate(weights=int(hints.get("size_bytes") or 0), kv_cache=kv, compute=compute)
 
 

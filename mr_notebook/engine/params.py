@@ -7,6 +7,7 @@ OpenAI ignores unknown fields and so do we; a known field with a wrong type or v
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,6 +16,14 @@ from mr_notebook.errors import InvalidRequest
 from mr_notebook.settings import parse_duration
 
 _MAX_TOP_LOGPROBS = 20
+#: Choices per request; the worker also caps ``n`` at the model's parallel sequences.
+MAX_CHOICES = 16
+#: Length, item-count and pattern-repeat limits a JSON schema may set. The schema-to-grammar converter writes
+#: a limit of N as N nested rules, and llama.cpp refuses (or takes seconds on) grammars far below 2000 of them.
+MAX_SCHEMA_REPEAT = 500
+_SCHEMA_LIMITS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_PATTERN_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+_REASONING_FORMATS = (None, "none", "auto", "deepseek", "deepseek-legacy", "split", "drop", "raw")
 
 
 def _number(
@@ -52,6 +61,39 @@ def _stop(value: Any) -> list[str]:
     raise InvalidRequest("stop must be a string or a list of strings.", "stop")
 
 
+def _check_schema(schema: Any, path: str = "schema", depth: int = 0) -> None:
+    """Refuse limits that would make the grammar explode, naming where they are."""
+    if depth > 64:
+        raise InvalidRequest("response_format: the JSON schema nests deeper than 64 levels.", "response_format")
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            _check_schema(item, f"{path}[{i}]", depth + 1)
+        return
+    if not isinstance(schema, dict):
+        return
+    for key in _SCHEMA_LIMITS:
+        value = schema.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_SCHEMA_REPEAT:
+            raise InvalidRequest(
+                f"response_format: {path}.{key} is {value}, but grammars take limits up to {MAX_SCHEMA_REPEAT} "
+                f"(each unit becomes a grammar rule). Lower it or drop it and check the length afterwards.",
+                "response_format",
+            )
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        for match in _PATTERN_REPEAT.finditer(pattern):
+            counts = [int(g) for g in match.groups() if g]
+            if any(c > MAX_SCHEMA_REPEAT for c in counts):
+                raise InvalidRequest(
+                    f"response_format: {path}.pattern repeats {match.group(0)}, but grammars take repeats up to "
+                    f"{MAX_SCHEMA_REPEAT}. Use a smaller count or + / *.",
+                    "response_format",
+                )
+    for key, value in schema.items():
+        if isinstance(value, dict | list):
+            _check_schema(value, f"{path}.{key}", depth + 1)
+
+
 def _response_format(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -62,6 +104,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
         schema = value.get("schema")
         if schema is not None and not isinstance(schema, dict):
             raise InvalidRequest("response_format.schema must be a JSON schema object.", "response_format")
+        _check_schema(schema)
         return dict(value)
     if kind == "json_schema":
         spec = value.get("json_schema")
@@ -70,12 +113,36 @@ def _response_format(value: Any) -> dict[str, Any] | None:
                 'response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}.',
                 "response_format",
             )
+        _check_schema(spec.get("schema"))
         return dict(value)
     raise InvalidRequest(
         'response_format must be {"type": "text"}, {"type": "json_object"} or '
         '{"type": "json_schema", "json_schema": {...}}.',
         "response_format",
     )
+
+
+def _logit_bias(value: Any) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or len(value) > 1024:
+        raise InvalidRequest('logit_bias must map token ids to biases, like {"50256": -100}.', "logit_bias")
+    out: dict[str, float] = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) < 10):
+            raise InvalidRequest(f"logit_bias: {key!r} is not a token id.", "logit_bias")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise InvalidRequest(f"logit_bias[{key}] must be a number from -100 to 100.", "logit_bias")
+        out[str(int(key))] = float(bias)
+    return out
+
+
+def _tools(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise InvalidRequest('tools must be a list of {"type": "function", "function": {...}} objects.', "tools")
+    return [dict(t) for t in value] or None
 
 
 @dataclass
@@ -96,15 +163,40 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int | None = None
     keep_alive: float | None = None
+    #: Choices to generate (OpenAI's ``n``); the prompt is evaluated once and shared.
+    n: int = 1
+    #: Token id (as a string, as in OpenAI's JSON) → bias added to its logit.
+    logit_bias: dict[str, float] = field(default_factory=dict)
+    #: Passed to the model's chat template, as llama.cpp's server does.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: For the API layer (how reasoning text is returned); the engine only carries it.
+    reasoning_format: str | None = None
 
     @classmethod
     def from_request(cls, body: Mapping[str, Any]) -> GenerationParams:
         """Validate an OpenAI chat/completions body; raises ``InvalidRequest(message, param)``."""
         if not isinstance(body, Mapping):
             raise InvalidRequest("The request body must be a JSON object.", None)
-        n = _integer(body, "n", low=1)
-        if n is not None and n > 1:
-            raise InvalidRequest("n > 1 is not supported: send one request per answer you need.", "n")
+        n = _integer(body, "n", low=1) or 1
+        if n > MAX_CHOICES:
+            raise InvalidRequest(f"n must be at most {MAX_CHOICES}; send several requests for more.", "n")
+        kwargs = body.get("chat_template_kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidRequest(
+                'chat_template_kwargs must be an object, like {"enable_thinking": false}.', "chat_template_kwargs"
+            )
+        parallel_tool_calls = body.get("parallel_tool_calls")
+        if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+            raise InvalidRequest("parallel_tool_calls must be true or false.", "parallel_tool_calls")
+        reasoning_format = body.get("reasoning_format")
+        if reasoning_format not in _REASONING_FORMATS:
+            raise InvalidRequest(
+                f"reasoning_format must be one of {', '.join(str(f) for f in _REASONING_FORMATS[1:])}.",
+                "reasoning_format",
+            )
         max_tokens = _integer(body, "max_completion_tokens", low=1)
         if max_tokens is None:
             max_tokens = _integer(body, "max_tokens", low=1)
@@ -145,12 +237,20 @@ class GenerationParams:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             keep_alive=keep_alive,
+            n=n,
+            logit_bias=_logit_bias(body.get("logit_bias")),
+            tools=_tools(body.get("tools")),
+            tool_choice=body.get("tool_choice"),
+            parallel_tool_calls=parallel_tool_calls,
+            chat_template_kwargs=dict(kwargs or {}),
+            reasoning_format=reasoning_format,
         )
 
     def to_wire(self) -> dict[str, Any]:
         """The part the worker needs (keep_alive is the host's business)."""
         data = asdict(self)
-        data.pop("keep_alive")
+        for key in ("keep_alive", "parallel_tool_calls", "reasoning_format"):
+            data.pop(key)
         return data
 
 

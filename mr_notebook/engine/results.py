@@ -35,6 +35,9 @@ class Chunk:
     usage: Usage | None = None
     #: OpenAI ``logprobs.content`` entries for this delta, when the request asked for logprobs.
     logprobs: list[dict[str, Any]] | None = None
+    #: The choice this chunk belongs to (``n`` > 1). Then each choice ends with a chunk carrying its own
+    #: ``finish_reason``, and the last chunk carries only ``usage`` (the sum over choices).
+    index: int = 0
 
 
 @dataclass
@@ -64,6 +67,26 @@ async def collect(stream: AsyncIterator[Chunk]) -> Completion:
     return Completion("".join(parts), finish_reason, usage, logprobs)
 
 
+async def collect_choices(stream: AsyncIterator[Chunk]) -> list[Completion]:
+    """Drain an ``n`` > 1 stream into one Completion per choice (each carrying the request's usage)."""
+    parts: dict[int, list[str]] = {}
+    logprobs: dict[int, list[dict[str, Any]]] = {}
+    finish: dict[int, str | None] = {}
+    usage = Usage()
+    async for chunk in stream:
+        parts.setdefault(chunk.index, []).append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs.setdefault(chunk.index, []).extend(chunk.logprobs)
+        if chunk.finish_reason is not None:
+            finish[chunk.index] = chunk.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return [
+        Completion("".join(parts.get(i, [])), finish.get(i), usage, logprobs.get(i))
+        for i in range(max([*parts, *finish], default=-1) + 1)
+    ]
+
+
 @dataclass
 class EmbeddingResult:
     """One vector per input, in input order."""
@@ -87,6 +110,11 @@ class ModelStatus:
     last_used: float
     in_flight: int
     queued: int
+    #: CPU threads of the worker and the sequences it runs at once.
+    threads: int = 0
+    parallel: int = 1
+    #: Share of the decode batch filled lately (0 when idle).
+    batch_fill: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

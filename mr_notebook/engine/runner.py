@@ -7,8 +7,10 @@ the only blocking work is tiny store reads (an index and a manifest) and ``psuti
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
+from array import array
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,29 @@ from mr_notebook.settings import EngineSettings, parse_duration
 from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, ModelRecord, Store, format_bytes
 
 log = logging.getLogger(__name__)
+
+#: Sequences a model's worker runs at once (llama-server's -np, Ollama's OLLAMA_NUM_PARALLEL default is 4 too).
+DEFAULT_PARALLEL = 4
+
+#: Inputs per embeddings request (OpenAI's limit too); each becomes one message from the worker.
+MAX_EMBED_INPUTS = 2048
+
+
+def _is_input(item: Any) -> bool:
+    if isinstance(item, str):
+        return bool(item)
+    return isinstance(item, list) and bool(item) and all(isinstance(t, int) and not isinstance(t, bool) for t in item)
+
+
+def check_tokens(handle: WorkerHandle, tokens: list[int], param: str) -> None:
+    """Ids outside the vocabulary make llama.cpp abort the worker: refuse them here (the worker checks too)."""
+    bad = next((t for t in tokens if not 0 <= t < handle.n_vocab), None) if handle.n_vocab else None
+    if bad is not None:
+        raise InvalidRequest(
+            f"{param} holds token id {bad}, but this model's vocabulary has ids 0 to {handle.n_vocab - 1}. "
+            "Send token ids made by this model's tokenizer, or send text.",
+            param,
+        )
 
 
 class Runner:
@@ -54,10 +79,12 @@ class Runner:
         async for chunk in self._generate("chat", model, payload, params):
             yield chunk
 
-    async def complete(self, model: str, prompt: str, params: GenerationParams) -> AsyncIterator[Chunk]:
-        """Stream a text completion of ``prompt``."""
-        if not isinstance(prompt, str):
-            raise InvalidRequest("prompt must be a string.", "prompt")
+    async def complete(self, model: str, prompt: str | list[int], params: GenerationParams) -> AsyncIterator[Chunk]:
+        """Stream a text completion of ``prompt`` (text, or token ids of this model's vocabulary)."""
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        ):
+            raise InvalidRequest("prompt must be a string or a non-empty list of token ids.", "prompt")
         async for chunk in self._generate("complete", model, {"prompt": prompt, "params": params.to_wire()}, params):
             yield chunk
 
@@ -67,15 +94,20 @@ class Runner:
         handle = await self._acquire(model, params.keep_alive, queued=True)
         pending = None
         try:
+            if isinstance(payload.get("prompt"), list):
+                check_tokens(handle, payload["prompt"], "prompt")
             pending = handle.submit(op, payload)
             while not pending.finished:
                 message = await handle.receive(pending)
-                if message["type"] == "delta":
-                    yield Chunk(text=message["text"], logprobs=message.get("logprobs"))
+                kind = message["type"]
+                if kind == "delta":
+                    yield Chunk(text=message["text"], logprobs=message.get("logprobs"), index=message.get("index", 0))
+                elif kind == "finish":  # one of n > 1 choices ended
+                    yield Chunk(index=int(message.get("index", 0)), finish_reason=message.get("finish_reason"))
                 else:
                     usage = message.get("usage") or {}
                     yield Chunk(
-                        finish_reason=message.get("finish_reason"),
+                        finish_reason=message.get("finish_reason") if params.n == 1 else None,
                         usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
                     )
         finally:
@@ -84,18 +116,44 @@ class Runner:
                 handle.finish(pending)
             self._release(handle)
 
-    async def embed(self, model: str, inputs: list[str]) -> EmbeddingResult:
-        """One normalized vector per input (works for any model: the worker adds an embedding context)."""
+    async def embed(self, model: str, inputs: str | list[str] | list[list[int]]) -> EmbeddingResult:
+        """One normalized vector per input: texts, or token-id lists of this model's vocabulary.
+
+        Works for any model (the worker adds an embedding context); inputs are evaluated several per decode,
+        and cancelling the caller stops the work before the next batch.
+        """
         if isinstance(inputs, str):
             inputs = [inputs]
-        if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) and t for t in inputs):
-            raise InvalidRequest("input must be a non-empty string or a list of non-empty strings.", "input")
+        if not isinstance(inputs, list) or not inputs or not all(_is_input(t) for t in inputs):
+            raise InvalidRequest(
+                "input must be a non-empty string, a list of non-empty strings, or a list of token-id lists.", "input"
+            )
+        if len(inputs) > MAX_EMBED_INPUTS:
+            raise InvalidRequest(
+                f"input has {len(inputs)} items but one request takes at most {MAX_EMBED_INPUTS}; send them in "
+                "several requests.",
+                "input",
+            )
         handle = await self._acquire(model, None, queued=True)
+        pending = None
         try:
-            result = await handle.call("embed", {"inputs": inputs})
+            for item in inputs:
+                if isinstance(item, list):
+                    check_tokens(handle, item, "input")
+            pending = handle.submit("embed", {"inputs": inputs})
+            vectors: list[list[float]] = [[] for _ in inputs]
+            while True:
+                message = await handle.receive(pending)
+                if message["type"] == "vector":
+                    index = int(message["index"])
+                    if 0 <= index < len(vectors):
+                        vectors[index] = array("f", base64.b64decode(message["b64"])).tolist()
+                elif pending.finished:
+                    return EmbeddingResult(vectors=vectors, prompt_tokens=int(message["prompt_tokens"]))
         finally:
+            if pending is not None:
+                handle.finish(pending)
             self._release(handle)
-        return EmbeddingResult(vectors=result["vectors"], prompt_tokens=int(result["prompt_tokens"]))
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         if not isinstance(text, str):
@@ -111,6 +169,7 @@ class Runner:
             raise InvalidRequest("tokens must be a list of integers.", "tokens")
         handle = await self._acquire(model, None, queued=False)
         try:
+            check_tokens(handle, tokens, "tokens")
             return str((await handle.call("detokenize", {"tokens": tokens}))["text"])
         finally:
             self._release(handle)
@@ -160,6 +219,9 @@ class Runner:
             last_used=handle.last_used,
             in_flight=len(handle.running),
             queued=handle.queued,
+            threads=handle.threads,
+            parallel=handle.parallel,
+            batch_fill=float(handle.stats.get("batch_fill", 0.0)) if handle.running else 0.0,
         )
 
     def _keep_alive(self, record: ModelRecord, requested: float | None) -> float:
@@ -232,10 +294,15 @@ class Runner:
             "n_ctx": n_ctx,
             "chat_template": template or None,
             "gpu_layers": record.settings.get("gpu_layers"),
-            "threads": record.settings.get("threads"),
+            "threads": int(record.settings.get("threads") or getattr(self.settings, "threads", None) or 0)
+            or memory.default_threads(),
+            "parallel": self._parallel(record),
             "pooling": record.hints.get("pooling"),
             "context_length": record.hints.get("context_length"),
         }
+
+    def _parallel(self, record: ModelRecord) -> int:
+        return int(record.settings.get("parallel") or getattr(self.settings, "parallel", None) or DEFAULT_PARALLEL)
 
     async def _load(self, name: str, record: ModelRecord) -> WorkerHandle:
         if self._load_lock is None:
@@ -245,7 +312,7 @@ class Runner:
             if handle is not None and handle.alive:
                 return handle
             n_ctx = memory.context_size(record.settings, record.hints)
-            need = memory.estimate(record.hints, n_ctx)
+            need = memory.estimate(record.hints, n_ctx, self._parallel(record))
             await self._make_room(name, need)
             handle = WorkerHandle(
                 name,

@@ -7,29 +7,36 @@ objects, one per line, multiplexed by request ``id`` so that a scheduler advanci
 
 Host → worker::
 
-    {"op": "load", "config": {"path", "name", "n_ctx", "gpu_layers", "threads", "chat_template",
-                              "pooling", "context_length"}}                      first message, once
-    {"op": "chat", "id": ID, "messages": [...], "params": {...}}               queued
-    {"op": "complete", "id": ID, "prompt": "...", "params": {...}}             queued
-    {"op": "embed", "id": ID, "inputs": ["...", ...]}                           queued
+    {"op": "load", "config": {"path", "name", "n_ctx", "gpu_layers", "threads", "parallel", "n_batch",
+                              "chat_template", "pooling", "context_length"}}     first message, once
+    {"op": "chat", "id": ID, "messages": [...], "options": {tools, tool_choice, chat_template_kwargs},
+     "params": {...}}                                                           queued
+    {"op": "complete", "id": ID, "prompt": "..." or [token ids], "params": {...}}  queued
+    {"op": "embed", "id": ID, "inputs": ["..." or [token ids], ...]}            queued
     {"op": "tokenize", "id": ID, "text": "..."}                                 answered at once
     {"op": "detokenize", "id": ID, "tokens": [...]}                             answered at once
-    {"op": "cancel", "id": ID}                 stop that request (queued: skipped; running: within a token)
+    {"op": "cancel", "id": ID}                 stop that request (queued: dropped; running: before the next step)
     {"op": "shutdown"}                         exit now
 
 Worker → host::
 
-    {"type": "ready", "pid", "n_ctx", "gpu_layers"}         after load; or an "error" without id, then exit 1
-    {"id", "type": "started"}                               the scheduler began this request
-    {"id", "type": "delta", "text", "logprobs"}             streamed text (logprobs: OpenAI content entries)
+    {"type": "ready", "pid", "n_ctx", "gpu_layers", "n_vocab", "threads", "parallel"}
+                                                            after load; or an "error" without id, then exit 1
+    {"type": "stats", "active", "queued", "batch_fill", "decodes"}   scheduler statistics while busy
+    {"id", "type": "started"}                               the request got its sequence slot(s)
+    {"id", "type": "delta", "text", "logprobs", "index"}    streamed text (logprobs: OpenAI content entries;
+                                                            index: the choice, only when n > 1)
+    {"id", "type": "finish", "index", "finish_reason"}      one choice ended (only when n > 1)
     {"id", "type": "done", "finish_reason", "usage": {"prompt_tokens", "completion_tokens"}}
+    {"id", "type": "vector", "index", "b64"}                one embedding (float32, little-endian, base64)
     {"id", "type": "result", ...}                           tokenize: tokens; detokenize: text;
-                                                            embed: vectors, prompt_tokens
+                                                            embed: count, prompt_tokens (after the vectors)
     {"id", "type": "error", "error": {"class": "ContextLengthExceeded", "message", "param"}}
 
-Threads: the main thread reads requests, answers vocabulary lookups, flips cancel flags and queues the
-rest; one scheduler thread owns the Llama objects and serves the queue one request at a time in arrival
-order, so a new request never interrupts a running stream. End of input (the host went away) ends the process.
+Threads: the main thread reads requests, answers vocabulary lookups, flips cancel flags and hands the rest
+to the scheduler thread, which owns the llama.cpp context and advances every running sequence per
+``llama_decode`` (continuous batching, :mod:`mr_notebook.engine.llama.scheduler`). End of input (the host
+went away) ends the process.
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -65,55 +71,59 @@ class Connection:
 
 
 class Worker:
-    """Reader loop (main thread) plus one scheduler thread serving the queue in arrival order."""
+    """Reader loop (main thread) plus the scheduler thread that owns the llama.cpp context."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self.cancels: dict[Any, threading.Event] = {}
-        self.backend: Any = None
+        self.model: Any = None
+        self.scheduler: Any = None
 
     def load(self, config: dict[str, Any]) -> bool:
-        from mr_notebook.engine.backend import LlamaBackend
+        from mr_notebook.engine.llama.model import Model, install_log_capture
+        from mr_notebook.engine.llama.scheduler import Scheduler
 
+        install_log_capture()
         try:
-            self.backend = LlamaBackend(config)
+            gpu_layers = config.get("gpu_layers")
+            if gpu_layers is None:
+                import llama_cpp
+
+                gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+            self.model = Model(str(config["path"]), int(gpu_layers), str(config.get("name") or "the model"))
+            self.scheduler = Scheduler(self.model, config, self.conn.send)
         except MrNotebookError as exc:
             self.conn.send({"type": "error", "error": error_payload(exc)})
             return False
         self.conn.send(
-            {"type": "ready", "pid": os.getpid(), "n_ctx": self.backend.n_ctx, "gpu_layers": self.backend.gpu_layers}
+            {
+                "type": "ready",
+                "pid": os.getpid(),
+                "n_ctx": self.scheduler.n_ctx,
+                "gpu_layers": int(gpu_layers),
+                "n_vocab": self.model.n_vocab,
+                "threads": self.scheduler.threads,
+                "parallel": self.scheduler.parallel,
+            }
         )
         return True
 
     def schedule(self) -> None:
-        while (request := self.queue.get()) is not None:
-            rid = request["id"]
-            cancel = self.cancels.get(rid) or threading.Event()
-            try:
-                if cancel.is_set():
-                    continue
-                self.conn.send({"id": rid, "type": "started"})
-                if request["op"] == "embed":
-                    self.backend.embed(request, self.conn.send)
-                else:
-                    self.backend.generate(request["op"], request, cancel, self.conn.send)
-            except OSError:
-                os._exit(0)  # the host is gone
-            except Exception as exc:  # report every failure to its request; the worker keeps serving
-                if not isinstance(exc, MrNotebookError):
-                    log.exception("request %s failed", rid)
-                self.conn.send({"id": rid, "type": "error", "error": error_payload(exc)})
-            finally:
-                self.cancels.pop(rid, None)
+        try:
+            self.scheduler.run()
+        except OSError:
+            os._exit(0)  # the host is gone
+        except BaseException:  # a bug in the loop: die loudly, the host fails the requests and restarts us
+            log.exception("the scheduler stopped")
+            os._exit(70)
 
     def answer(self, request: dict[str, Any]) -> None:
         rid = request["id"]
         try:
             if request["op"] == "tokenize":
-                result: dict[str, Any] = {"tokens": self.backend.tokenize(request["text"])}
+                text = request["text"]
+                result: dict[str, Any] = {"tokens": self.model.tokenize(text, add_special=False, special=True)}
             else:
-                result = {"text": self.backend.detokenize(request["tokens"])}
+                result = {"text": self.model.detokenize(request["tokens"])}
             self.conn.send({"id": rid, "type": "result", **result})
         except Exception as exc:  # a bad token id, for instance
             self.conn.send({"id": rid, "type": "error", "error": error_payload(exc)})
@@ -124,16 +134,14 @@ class Worker:
             request = decode(line)
             op = request.get("op")
             if op in QUEUED_OPS:
-                self.cancels[request["id"]] = threading.Event()
-                self.queue.put(request)
+                self.scheduler.submit(request)
             elif op in DIRECT_OPS:
                 self.answer(request)
             elif op == "cancel":
-                flag = self.cancels.get(request.get("id"))
-                if flag is not None:
-                    flag.set()
+                self.scheduler.cancel(request.get("id"))
             elif op == "shutdown":
                 break
+        self.scheduler.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,395 @@
+"""Continuous batching: one thread owns the context and advances every running sequence per ``llama_decode``.
+
+Each step puts, in this order, the last sampled token of every generating sequence and then prompt chunks
+of sequences still being prefilled, up to ``n_batch`` tokens; so a long prompt loads in chunks between the
+other streams' tokens instead of stopping them. Requests are admitted between steps in arrival order into
+the free slot whose cached tokens share the longest prefix with the prompt (only the rest is evaluated);
+``n`` > 1 evaluates the prompt once and copies it into the other choices' slots (``llama_memory_seq_cp``).
+A cancelled request frees its slot before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp
+
+from mr_notebook.engine.llama.batch import Batch, new_context
+from mr_notebook.engine.llama.embedder import Embedder
+from mr_notebook.engine.llama.jobs import Choice, EmbedJob, Job, Slot
+from mr_notebook.engine.llama.model import Model
+from mr_notebook.engine.llama.prompt import ChatPrompt
+from mr_notebook.engine.llama.sampling import Sampler, check_grammar, logits_row, logprob_entry
+from mr_notebook.engine.protocol import encode_delta, error_payload
+from mr_notebook.engine.stops import StopMatcher
+from mr_notebook.errors import ContextLengthExceeded, InvalidRequest, MrNotebookError, WorkerCrashed
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any] | bytes], None]
+
+#: Deltas produced faster than this (seconds) are sent together: a tiny model makes thousands of tokens a
+#: second, and one message per token would cost the host more than generating them.
+COALESCE = 0.002
+#: How often (seconds) a busy worker reports its scheduler statistics to the host.
+STATS_EVERY = 0.5
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """The decode loop. ``submit`` and ``cancel`` are called from the reader thread; the rest runs here."""
+
+    def __init__(self, model: Model, config: dict[str, Any], send: Send) -> None:
+        self.model = model
+        self.send = send
+        self.threads = int(config.get("threads") or 1)
+        self.parallel = max(int(config.get("parallel") or 1), 1)
+        n_ctx = int(config["n_ctx"])
+        self.n_batch = max(min(int(config.get("n_batch") or 512), n_ctx), 32)
+        self.ctx = new_context(model, n_ctx=n_ctx, n_batch=self.n_batch, n_seq=self.parallel, threads=self.threads)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.prompt = ChatPrompt(model, config.get("chat_template") or model.chat_template())
+        self.embedder = Embedder(model, config, self.threads)
+        self.slots = [Slot(seq) for seq in range(self.parallel)]
+        self.batch = Batch(self.n_batch)
+        self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.cancels: dict[Any, threading.Event] = {}
+        self.waiting: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.embeds: deque[EmbedJob] = deque()
+        self._stats_at = 0.0
+        self._decodes = 0
+        self._decoded_tokens = 0
+        self._shape = (0, 0)
+
+    # ------------------------------------------------------------------ reader thread
+
+    def submit(self, request: dict[str, Any]) -> None:
+        self.cancels[request["id"]] = threading.Event()
+        self.inbox.put(request)
+
+    def cancel(self, rid: Any) -> None:
+        flag = self.cancels.get(rid)
+        if flag is not None:
+            flag.set()
+            self.inbox.put({"op": "wake"})
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    # ------------------------------------------------------------------ scheduler thread
+
+    def run(self) -> None:
+        while True:
+            busy = bool(self.running or self.embeds)
+            try:
+                item = self.inbox.get(block=not busy and not self.waiting)
+                while True:
+                    if item is None:
+                        return
+                    self._take(item)
+                    item = self.inbox.get_nowait()
+            except queue.Empty:
+                pass
+            self._drop_cancelled()
+            self._admit()
+            if self.embeds:
+                self._embed_step()
+            if self.running:
+                self._step()
+            self._report()
+
+    def _take(self, request: dict[str, Any]) -> None:
+        op, rid = request.get("op"), request.get("id")
+        if op == "wake":
+            return
+        cancel = self.cancels.get(rid) or threading.Event()
+        try:
+            if op == "embed":
+                inputs = self.embedder.prepare(request["inputs"])
+                self.embeds.append(EmbedJob(rid, inputs, cancel))
+                self.send({"id": rid, "type": "started"})
+            else:
+                self.waiting.append(self._prepare(request, cancel))
+        except Exception as exc:  # every failure goes to its request; the worker keeps serving
+            self._fail(rid, exc)
+
+    def _fail(self, rid: Any, exc: BaseException) -> None:
+        if not isinstance(exc, MrNotebookError):
+            log.exception("request %s failed", rid)
+        self.cancels.pop(rid, None)
+        self.send({"id": rid, "type": "error", "error": error_payload(exc)})
+
+    def _prepare(self, request: dict[str, Any], cancel: threading.Event) -> Job:
+        params = request["params"]
+        if request["op"] == "chat":
+            prompt = self.prompt.tokens(request["messages"], request.get("options") or {})
+            param = "messages"
+        elif isinstance(request["prompt"], list):
+            prompt = list(request["prompt"])
+            self.model.check_tokens(prompt, "prompt")
+            param = "prompt"
+        else:
+            prompt = self.model.tokenize(request["prompt"], add_special=True, special=True)
+            param = "prompt"
+        if not prompt:
+            raise InvalidRequest("The prompt is empty; send some text.", param)
+        if len(prompt) >= self.n_ctx:
+            raise ContextLengthExceeded(
+                f"The prompt is {len(prompt)} tokens but this model's context holds {self.n_ctx} (and needs room "
+                "for the answer). Shorten the prompt or conversation, or raise the model's context size "
+                "(`mr-notebook configure MODEL --context-size N`).",
+                param,
+            )
+        n = int(params.get("n") or 1)
+        if n > self.parallel:
+            raise InvalidRequest(
+                f"n is {n} but this model runs at most {self.parallel} sequences at once; ask for fewer choices "
+                "or raise its parallel setting (`mr-notebook configure MODEL --parallel N`).",
+                "n",
+            )
+        grammar = check_grammar(self.model, params.get("response_format"))
+        top = (params.get("top_logprobs") or 0) if params.get("logprobs") else None
+        return Job(
+            rid=request["id"],
+            prompt=prompt,
+            params=params,
+            grammar=grammar,
+            stops=list(params.get("stop") or []),
+            cancel=cancel,
+            n=n,
+            top_logprobs=top,
+            max_tokens=params.get("max_tokens"),
+        )
+
+    def _drop_cancelled(self) -> None:
+        for job in [j for j in self.waiting if j.cancel.is_set()]:
+            self.waiting.remove(job)
+            self.cancels.pop(job.rid, None)
+        for job in [j for j in self.running if j.cancel.is_set()]:
+            for choice in job.choices:
+                if choice.finish is None:
+                    choice.finish = "cancelled"
+            self._finish_job(job)
+        for embed in [e for e in self.embeds if e.cancel.is_set()]:
+            self.embeds.remove(embed)
+            self.cancels.pop(embed.rid, None)
+
+    def _admit(self) -> None:
+        """Arrival order: the head waits for enough free slots rather than letting later requests pass."""
+        while self.waiting:
+            job = self.waiting[0]
+            free = [s for s in self.slots if s.choice is None]
+            if len(free) < job.n:
+                return
+            self.waiting.popleft()
+            try:
+                self._start(job, free)
+            except Exception as exc:
+                for choice in job.choices:
+                    choice.sampler.free()
+                    choice.slot.choice = None
+                self._fail(job.rid, exc)
+
+    def _start(self, job: Job, free: list[Slot]) -> None:
+        # The slot sharing the longest prefix with the prompt; among equals the one used least recently.
+        primary = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
+        reuse = min(common_prefix(primary.cache, job.prompt), len(job.prompt) - 1)  # the last token gives logits
+        if reuse < len(primary.cache) and not llama_cpp.llama_memory_seq_rm(self.memory, primary.seq, reuse, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, primary.seq, -1, -1)
+            reuse = 0
+        del primary.cache[reuse:]
+        job.n_past = reuse
+        others = sorted((s for s in free if s is not primary), key=lambda s: s.last_used)[: job.n - 1]
+        for i, slot in enumerate([primary, *others]):
+            sampler = Sampler(self.model, job.params, job.grammar, seed_offset=i)
+            choice = Choice(index=i, slot=slot, sampler=sampler, matcher=StopMatcher(job.stops))
+            slot.choice = choice
+            job.choices.append(choice)
+        self.running.append(job)
+        self.send({"id": job.rid, "type": "started"})
+
+    # ------------------------------------------------------------------ one decode step
+
+    def _step(self) -> None:
+        batch = self.batch
+        batch.clear()
+        rows: list[tuple[Job, Choice, int]] = []
+        for job in self.running:
+            for choice in job.choices:
+                if choice.pending is not None and choice.finish is None:
+                    slot = choice.slot
+                    rows.append((job, choice, batch.add(choice.pending, len(slot.cache), slot.seq, True)))
+        chunks: list[tuple[Job, list[int], int]] = []
+        for job in self.running:
+            if job.prefilling and batch.room > 0:
+                chunk = job.prompt[job.n_past : job.n_past + batch.room]
+                last = job.n_past + len(chunk) == len(job.prompt)
+                row = batch.add_many(chunk, job.n_past, job.choices[0].slot.seq, logits_last=last)
+                chunks.append((job, chunk, row if last else -1))
+        if batch.n == 0:
+            return
+        result = batch.decode(self.ctx)
+        if result != 0:
+            self._decode_failed(result)
+            return
+        self._decodes += 1
+        self._decoded_tokens += batch.n
+        for _job, choice, _row in rows:
+            choice.slot.cache.append(choice.pending)  # type: ignore[arg-type]
+        for job, chunk, row in chunks:
+            primary = job.choices[0].slot
+            primary.cache.extend(chunk)
+            job.n_past += len(chunk)
+            if row >= 0:
+                for choice in job.choices[1:]:  # n > 1: the prompt is evaluated once and copied
+                    llama_cpp.llama_memory_seq_rm(self.memory, choice.slot.seq, -1, -1)
+                    llama_cpp.llama_memory_seq_cp(self.memory, primary.seq, choice.slot.seq, -1, -1)
+                    choice.slot.cache = list(primary.cache)
+                rows.extend((job, choice, row) for choice in job.choices)
+        for job, choice, row in rows:
+            self._sample(job, choice, row)
+        for job in [j for j in self.running if j.done]:
+            self._finish_job(job)
+
+    def _decode_failed(self, result: int) -> None:
+        """No room left in the shared KV cache (1), or a llama.cpp failure: shed load, never hang."""
+        idle = [s for s in self.slots if s.choice is None and s.cache]
+        if result == 1 and idle:
+            for slot in idle:  # first drop what is only kept for prefix reuse
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                slot.cache.clear()
+            return
+        victim = max(self.running, key=lambda j: j.admitted_at)  # the newest request gives way
+        if result == 1 and len(self.running) > 1:
+            message = (
+                f"The model's context ({self.n_ctx} tokens) is shared by {len(self.running)} running requests and "
+                "is full. Send the request again, or raise the context size (`mr-notebook configure MODEL "
+                "--context-size N`)."
+            )
+        else:
+            message = f"llama.cpp could not evaluate this request (llama_decode returned {result})."
+        if victim.prefilling or result != 1:
+            for choice in victim.choices:
+                self._release(choice)
+            self.running.remove(victim)
+            self._fail(victim.rid, ContextLengthExceeded(message) if result == 1 else WorkerCrashed(message))
+            return
+        for choice in victim.choices:
+            if choice.finish is None:
+                choice.finish = "length"
+        self._finish_job(victim)
+
+    def _sample(self, job: Job, choice: Choice, row: int) -> None:
+        entry = None
+        if job.top_logprobs is not None:
+            logits = logits_row(self.ctx, row, self.model.n_vocab).copy()
+        token = choice.sampler.sample(self.ctx, row)
+        if self.model.is_eog(token):
+            choice.finish = "stop"
+            return
+        choice.generated += 1
+        job.completion_tokens += 1
+        if job.top_logprobs is not None:
+            entry = logprob_entry(self.model, logits, token, job.top_logprobs)
+        text = choice.decoder.decode(self.model.piece(token))
+        shown, hit = choice.matcher.feed(text)
+        self._emit(job, choice, shown, entry)
+        if hit:
+            choice.finish, choice.hit = "stop", True
+        elif (job.max_tokens is not None and choice.generated >= job.max_tokens) or len(
+            choice.slot.cache
+        ) + 1 >= self.n_ctx:
+            choice.finish = "length"
+        else:
+            choice.pending = token
+
+    def _emit(self, job: Job, choice: Choice, text: str, entry: dict[str, Any] | None) -> None:
+        index = {"index": choice.index} if job.n > 1 else {}
+        if entry is not None:
+            self.send({"id": job.rid, "type": "delta", "text": choice.held + text, "logprobs": [entry], **index})
+            choice.held = ""
+            return
+        if not text:
+            return
+        choice.held += text
+        now = time.perf_counter()
+        if now - choice.sent_at >= COALESCE:  # always true for the first token
+            self._send_text(job, choice)
+            choice.sent_at = now
+
+    def _release(self, choice: Choice) -> None:
+        choice.sampler.free()
+        choice.slot.choice = None
+        choice.slot.last_used = time.monotonic()
+
+    def _finish_job(self, job: Job) -> None:
+        cancelled = job.cancel.is_set()
+        for choice in job.choices:
+            if not cancelled:
+                if not choice.hit:  # after a stop string nothing more is shown
+                    shown, hit = choice.matcher.feed(choice.decoder.decode(b"", final=True))
+                    choice.held += shown + ("" if hit else choice.matcher.flush())
+                if choice.held:
+                    self._send_text(job, choice)
+                if job.n > 1:
+                    self.send({"id": job.rid, "type": "finish", "index": choice.index, "finish_reason": choice.finish})
+            self._release(choice)
+        if job in self.running:
+            self.running.remove(job)
+        self.cancels.pop(job.rid, None)
+        usage = {"prompt_tokens": len(job.prompt), "completion_tokens": job.completion_tokens}
+        finish = "cancelled" if cancelled else job.choices[0].finish
+        self.send({"id": job.rid, "type": "done", "finish_reason": finish or "stop", "usage": usage})
+
+    def _send_text(self, job: Job, choice: Choice) -> None:
+        if job.n > 1:
+            self.send({"id": job.rid, "type": "delta", "text": choice.held, "index": choice.index})
+        else:
+            self.send(encode_delta(job.rid, choice.held))
+        choice.held = ""
+
+    # ------------------------------------------------------------------ embeddings and statistics
+
+    def _embed_step(self) -> None:
+        job = self.embeds[0]
+        try:
+            finished = self.embedder.step(job, self.send)
+        except Exception as exc:
+            self.embeds.popleft()
+            self._fail(job.rid, exc)
+            return
+        if finished:
+            self.embeds.popleft()
+            self.cancels.pop(job.rid, None)
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        shape = (sum(len(j.choices) for j in self.running), len(self.waiting))
+        if shape == self._shape and (now - self._stats_at < STATS_EVERY or self._decodes == 0):
+            return
+        fill = self._decoded_tokens / (self._decodes * self.n_batch) if self._decodes else 0.0
+        self.send(
+            {
+                "type": "stats",
+                "active": shape[0],
+                "queued": shape[1],
+                "batch_fill": round(fill, 4),
+                "decodes": self._decodes,
+            }
+        )
+        self._stats_at, self._decodes, self._decoded_tokens, self._shape = now, 0, 0, shape
