@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
 
 from mr_notebook.errors import DigestMismatch, StoreError
 from mr_notebook.store.files import fsync_dir, sha256_file
+from mr_notebook.store.leases import Lease, live_digests
 from mr_notebook.store.records import GGUF_MEDIA_TYPE, ModelFile
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -27,6 +30,7 @@ class BlobStore:
         self.home = home
         self.blobs_dir = home / "blobs" / "sha256"
         self.locks_dir = home / "locks"
+        self.leases_dir = home / "leases"
 
     def ensure(self) -> None:
         """Create the folders this part needs (on first write)."""
@@ -64,6 +68,21 @@ class BlobStore:
         self.ensure()
         return FileLock(str(self.locks_dir / "index.lock"))
 
+    @contextmanager
+    def lease(self, digests: Iterable[str] = ()) -> Iterator[Lease]:
+        """Claim ``digests`` (and those added later) for an in-flight pull: prune, purge and rm keep them."""
+        self.ensure()
+        lease = Lease(self.leases_dir, self.index_lock())
+        try:
+            lease.add(digests)
+            yield lease
+        finally:
+            lease.release()
+
+    def leased(self) -> set[str]:
+        """Digests running pulls and imports have claimed (call with the index lock held)."""
+        return live_digests(self.leases_dir)
+
     def commit_partial(self, digest: str, computed: str | None = None) -> Path:
         """Verify the ``.incomplete`` file against ``digest`` and publish it as the blob.
 
@@ -84,9 +103,15 @@ class BlobStore:
         fsync_dir(self.blobs_dir)
         return self.blob_path(digest)
 
-    def add_blob_file(self, src: Path, *, link: bool = True) -> ModelFile:
-        """Put a local file into the store (hard link when possible, else copy) and return its entry."""
+    def add_blob_file(self, src: Path, *, link: bool = True, lease: Lease | None = None) -> ModelFile:
+        """Put a local file into the store (hard link when possible, else copy) and return its entry.
+
+        With ``lease``, the blob is claimed before the store is looked at, so no prune removes it before the
+        caller names it in a manifest.
+        """
         digest = sha256_file(src)
+        if lease is not None:
+            lease.add([digest])
         with self.blob_lock(digest):
             if not self.has_blob(digest):
                 partial = self.partial_path(digest)

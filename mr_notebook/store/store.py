@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,10 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from filelock import Timeout
-
 from mr_notebook.errors import LocalFileNotFound, ModelInUse, ModelNotFound, StoreError
 from mr_notebook.settings import default_home
+from mr_notebook.store import external, housekeeping
 from mr_notebook.store.blobs import BlobStore
 from mr_notebook.store.files import sha256_file, write_json_atomic
 from mr_notebook.store.gguf_meta import read_gguf_info, split_parts
@@ -183,6 +181,8 @@ class Store(BlobStore):
         blobs = self.paths(record)
         if not blobs:
             raise StoreError(f"Model {record.name} has no GGUF file; pull or package it again.")
+        for entry in record.files:  # files adopted from another tool: unchanged since they were verified?
+            external.check(self, entry.digest, record.name)
         if len(blobs) == 1:
             return blobs[0]
         with self.index_lock():  # not while `rm` deletes the model, which would leave dangling links
@@ -191,14 +191,21 @@ class Store(BlobStore):
             return publish_links(self.links_dir / self._hex(record.id), blobs, record.name)
 
     @contextmanager
-    def _locked_index(self) -> Iterator[dict[str, str]]:
-        """Hold the index lock; the yielded dict is written back atomically when the block succeeds."""
+    def _locked_index(self, orphans: builtins.list[str] | None = None) -> Iterator[dict[str, str]]:
+        """Hold the index lock; the yielded dict is written back atomically when the block succeeds.
+
+        Models whose ids the block puts in ``orphans`` are deleted only after the index is written, and only
+        if no name points at them then: an error before that point leaves every model as it was.
+        """
         with self.index_lock():
             index = self._read_index()
             before = dict(index)
             yield index
             if index != before:
                 write_json_atomic(self.index_path, {"tags": dict(sorted(index.items()))})
+            for orphan in dict.fromkeys(orphans or []):
+                if orphan not in index.values():
+                    self._delete_model(orphan, index)
 
     def create_model(
         self,
@@ -228,7 +235,8 @@ class Store(BlobStore):
             hints=hints_from(info),
         )
         self.ensure()
-        with self._locked_index() as index:
+        orphans: builtins.list[str] = []
+        with self._locked_index(orphans) as index:
             missing = [f.digest for f in files if not self.has_blob(f.digest)]
             if missing:
                 raise StoreError(f"Blob {missing[0]} vanished before the model was saved; pull or package it again.")
@@ -236,12 +244,9 @@ class Store(BlobStore):
             if old is not None:  # same content under a new name: keep its settings and age
                 record.settings, record.created = old.settings, old.created
             self._write_manifest(record)
-            displaced = {index[str(r)] for r in refs if str(r) in index} - {model_id}
+            orphans.extend(sorted({index[str(r)] for r in refs if str(r) in index} - {model_id}))
             for ref in refs:
                 index[str(ref)] = model_id
-            for orphan in displaced:
-                if orphan not in index.values():
-                    self._delete_model(orphan, index)
             record.tags = sorted(t for t, i in index.items() if i == model_id)
         return record
 
@@ -256,25 +261,28 @@ class Store(BlobStore):
             raise LocalFileNotFound(f"No file at {src}. Give the path of a .gguf model file.")
         parts = split_parts(src)
         read_gguf_info(parts)  # refuse non-GGUF and damaged files before hashing gigabytes
-        entries = [self.add_blob_file(part, link=link) for part in parts]
-        return self.create_model([ref], entries, source=f"file://{src.resolve()}")
+        with self.lease() as lease:
+            entries = [self.add_blob_file(part, link=link, lease=lease) for part in parts]
+            return self.create_model([ref], entries, source=f"file://{src.resolve()}")
 
     def tag(self, source: str, target: str) -> ModelRecord:
         """Give the model ``source`` the extra name ``target``."""
         new = parse_ref(target)
-        with self._locked_index() as index:
+        orphans: builtins.list[str] = []
+        with self._locked_index(orphans) as index:
             _, record = self._find(index, source)
             displaced = index.get(str(new))
             index[str(new)] = record.id
-            if displaced is not None and displaced != record.id and displaced not in index.values():
-                self._delete_model(displaced, index)
+            if displaced is not None and displaced != record.id:
+                orphans.append(displaced)
             record.tags = sorted(t for t, i in index.items() if i == record.id)
         return record
 
     def remove(self, names: Iterable[str], *, force: bool = False) -> builtins.list[str]:
         """Untag each name; a model with no name left is deleted with the blobs nothing else uses."""
         done: builtins.list[str] = []
-        with self._locked_index() as index:
+        orphans: builtins.list[str] = []
+        with self._locked_index(orphans) as index:
             for text in names:
                 asked, record = self._find(index, text)
                 if asked in index:
@@ -291,7 +299,7 @@ class Store(BlobStore):
                         del index[tag]
                         done.append(f"Untagged: {tag}")
                 if record.id not in index.values():
-                    self._delete_model(record.id, index)
+                    orphans.append(record.id)
                     done.append(f"Deleted: {record.id}")
         return done
 
@@ -302,10 +310,11 @@ class Store(BlobStore):
         remove_links(self.links_dir / self._hex(model_id))
         if record is None:
             return
-        still_used = {f.digest for r in self._records(index) for f in r.files}
+        still_used = {f.digest for r in self._records(index) for f in r.files} | self.leased()
         for entry in record.files:
             if entry.digest not in still_used:
-                self.blob_path(entry.digest).unlink(missing_ok=True)
+                self.blob_path(entry.digest).unlink(missing_ok=True)  # an adopted file: only our name of it
+                external.forget(self, entry.digest)
 
     def configure(self, name: str, **settings: Any) -> ModelRecord:
         """Persist per-model settings (``None`` clears one); they apply at the model's next load."""
@@ -325,53 +334,13 @@ class Store(BlobStore):
     # ---------------------------------------------------------------- housekeeping
 
     def prune(self) -> dict[str, int]:
-        """Delete partial downloads nobody is writing, blobs no model uses, and stray temp files."""
-        removed = reclaimed = 0
-        if not self.blobs_dir.is_dir():
-            return {"files": 0, "bytes": 0}
-        with self._locked_index() as index:
-            used = {self._hex(f.digest) for r in self._records(index) for f in r.files}
-            for path in list(self.blobs_dir.iterdir()):
-                stem = path.name.removesuffix(".incomplete")
-                if path.name.endswith(".incomplete"):
-                    try:  # a pull in progress holds the blob lock: leave its partial alone
-                        with self.blob_lock("sha256:" + stem, timeout=0):
-                            size = path.stat().st_size
-                            path.unlink()
-                    except (Timeout, StoreError, FileNotFoundError):
-                        continue
-                elif stem in used:
-                    continue
-                else:
-                    size = path.stat().st_size
-                    path.unlink()
-                removed += 1
-                reclaimed += size
-            for path in self.models_dir.glob(".*.tmp"):
-                path.unlink(missing_ok=True)
-            ids = {self._hex(model_id) for model_id in index.values()}
-            for folder in list(self.links_dir.iterdir()) if self.links_dir.is_dir() else []:
-                if folder.name not in ids:  # a removed model's, or a half-built one (links take no space)
-                    remove_links(folder)
-        return {"files": removed, "bytes": reclaimed}
+        """Delete partial downloads nobody is writing, blobs no model or pull uses, and stray temp files."""
+        return housekeeping.prune(self)
 
     def purge(self) -> dict[str, int]:
-        """Delete every model, blob and partial download (the store folder stays)."""
-        usage = self.df()
-        with self.index_lock():
-            for folder in (self.blobs_dir, self.models_dir, self.links_dir):
-                shutil.rmtree(folder, ignore_errors=True)
-            self.index_path.unlink(missing_ok=True)
-        return {"models": usage["models"], "bytes": usage["blobs"] + usage["partials"]}
+        """Delete every model, blob and partial download, except what pulls in flight are writing."""
+        return housekeeping.purge(self)
 
     def df(self) -> dict[str, int]:
         """Bytes used by blobs, by partial downloads, in total; and the model count."""
-        blobs = partials = 0
-        if self.blobs_dir.is_dir():
-            for path in self.blobs_dir.iterdir():
-                size = path.stat().st_size
-                if path.name.endswith(".incomplete"):
-                    partials += size
-                else:
-                    blobs += size
-        return {"blobs": blobs, "partials": partials, "total": blobs + partials, "models": len(self.list())}
+        return housekeeping.df(self)

@@ -21,7 +21,7 @@ from typing import Any
 
 from mr_notebook.errors import Cancelled, ModelNotFound, OfflineError, PullError, StoreError
 from mr_notebook.store.gguf_meta import format_bytes
-from mr_notebook.store.pull.sink import HashingWriter
+from mr_notebook.store.pull.sink import HashingWriter, LimitReached
 from mr_notebook.store.refs import ModelRef
 from mr_notebook.store.store import ModelRecord, Store
 
@@ -187,11 +187,16 @@ def _download_locked(store: Store, digest: str, size: int, fetcher: Fetcher, rep
             # Unbuffered: the sink writes its large buffers with one system call each, no extra copy.
             with (
                 open(partial, "ab", buffering=0) as handle,
-                HashingWriter(handle, partial, on_bytes, reporter.check_cancel) as writer,
+                HashingWriter(handle, partial, on_bytes, reporter.check_cancel, limit=size) as writer,
             ):
                 if writer.size < size:
                     reporter.emit("downloading", f"Downloading {label}", digest, writer.size, size)
-                    fetcher(writer)
+                    try:
+                        fetcher(writer)
+                    except LimitReached:
+                        # The source sent more than the manifest declared: the file stops at the declared
+                        # size, and the digest check below decides whether those bytes are the blob.
+                        logger.warning("%s: the server sent more than the declared %d bytes", label, size)
                 writer.flush()
         finally:
             if bar is not None:

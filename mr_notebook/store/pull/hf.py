@@ -191,22 +191,23 @@ def pull_hf(store: Store, ref: ModelRef, text: str, reporter: Reporter, env: Map
     headers = build_hf_headers(token=token or None, library_name="mr-notebook")
     reporter.overall_total = sum(f.size for f in files)
     downloaded = 0
-    for hub_file, entry in zip(chosen, files, strict=True):
-        url = hf_hub_url(repo_id, hub_file.path, revision=info.sha, endpoint=endpoint)
+    with store.lease(f.digest for f in files):  # prune/purge/rm keep the parts until the manifest names them
+        for hub_file, entry in zip(chosen, files, strict=True):
+            url = hf_hub_url(repo_id, hub_file.path, revision=info.sha, endpoint=endpoint)
 
-        def fetch(writer: HashingWriter, url: str = url, entry: ModelFile = entry) -> None:
-            with _hub_errors(name, endpoint):
-                http_get(
-                    url,
-                    cast(BinaryIO, writer),
-                    resume_size=writer.tell(),
-                    headers=headers,
-                    expected_size=entry.size,
-                    displayed_filename=entry.name,
-                    tqdm_class=_SilentTqdm,
-                )
+            def fetch(writer: HashingWriter, url: str = url, entry: ModelFile = entry) -> None:
+                with _hub_errors(name, endpoint):
+                    http_get(
+                        url,
+                        cast(BinaryIO, writer),
+                        resume_size=writer.tell(),
+                        headers=headers,
+                        expected_size=entry.size,
+                        displayed_filename=entry.name,
+                        tqdm_class=_SilentTqdm,
+                    )
 
-        downloaded += fetch_blob(store, entry.digest, entry.size, fetch, reporter, entry.name)
-    record = store.create_model([ref], files, config={}, source=f"{endpoint}/{repo_id}@{info.sha}")
+            downloaded += fetch_blob(store, entry.digest, entry.size, fetch, reporter, entry.name)
+        record = store.create_model([ref], files, config={}, source=f"{endpoint}/{repo_id}@{info.sha}")
     reporter.emit("done", f"Pulled {name} ({record.short_id})")
     return PullResult(record=record, downloaded=downloaded, already_present=False)

@@ -62,7 +62,7 @@ def _pick_manifest(index: dict[str, Any]) -> str:
     return str(manifests[0]["digest"])
 
 
-def _created(config: dict[str, Any]) -> int | None:
+def created_of(config: dict[str, Any]) -> int | None:
     raw = (config.get("descriptor") or {}).get("created")
     if not isinstance(raw, str):
         return None
@@ -130,22 +130,24 @@ def _pull(store: Store, ref: ModelRef, client: RegistryClient, reporter: Reporte
         )
     reporter.overall_total = sum(f.size for f in files)
     downloaded = 0
-    for entry in files:
-        label = entry.name or _LABELS.get(entry.media_type) or entry.digest.removeprefix("sha256:")[:12]
-
-        def fetcher(writer: HashingWriter, digest: str = entry.digest, size: int = entry.size) -> None:
-            client.fetch_to(digest, writer, size)
-
-        downloaded += fetch_blob(store, entry.digest, entry.size, fetcher, reporter, label)
     raw = config.get("config")
     inner: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
-    record = store.create_model(
-        [ref],
-        files,
-        config=inner,
-        source=f"{client.base}/{ref.repository}@{digest}",
-        model_id=digest,
-        created=_created(config),
-    )
+    # The lease keeps committed layers from prune/purge/rm until the manifest names them.
+    with store.lease(f.digest for f in files):
+        for entry in files:
+            label = entry.name or _LABELS.get(entry.media_type) or entry.digest.removeprefix("sha256:")[:12]
+
+            def fetcher(writer: HashingWriter, digest: str = entry.digest, size: int = entry.size) -> None:
+                client.fetch_to(digest, writer, size)
+
+            downloaded += fetch_blob(store, entry.digest, entry.size, fetcher, reporter, label)
+        record = store.create_model(
+            [ref],
+            files,
+            config=inner,
+            source=f"{client.base}/{ref.repository}@{digest}",
+            model_id=digest,
+            created=created_of(config),
+        )
     reporter.emit("done", f"Pulled {name} ({record.short_id})")
     return PullResult(record=record, downloaded=downloaded, already_present=False)

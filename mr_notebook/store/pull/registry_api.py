@@ -189,15 +189,14 @@ class RegistryClient:
 
     def get_json(self, path: str, accept: str, digest: str | None) -> tuple[dict[str, Any], str, str]:
         """(document, its digest, its media type) of a manifest or config, verified against ``digest``."""
-        response = self.send(path, {"Accept": accept})
+        # identity: a compressed body would be inflated by httpx in one piece, before any cap could apply.
+        response = self.send(path, {"Accept": accept, "Accept-Encoding": "identity"})
         try:
-            body = response.read()
+            body = self._read_capped(response, path)
         except httpx.TransportError as exc:
             raise PullError(f"The connection to {self.host} failed ({exc}); pull again.") from exc
         finally:
             response.close()
-        if len(body) > _MAX_MANIFEST:
-            raise PullError(f"{path} from {self.host} is larger than a manifest can be.")
         actual = "sha256:" + hashlib.sha256(body).hexdigest()
         expected = digest or response.headers.get("Docker-Content-Digest")
         if expected and expected.startswith("sha256:") and actual != expected:
@@ -210,6 +209,25 @@ class RegistryClient:
             raise PullError(f"{path} from {self.host} is not a JSON object.")
         media_type = str(document.get("mediaType") or response.headers.get("Content-Type", "").split(";")[0])
         return document, actual, media_type
+
+    def _read_capped(self, response: httpx.Response, path: str) -> bytes:
+        """The body, refused as soon as it passes the manifest cap (a hostile registry may stream forever)."""
+        too_big = PullError(
+            f"{path} from {self.host} is larger than a manifest can be ({_MAX_MANIFEST // (1024 * 1024)} MiB); "
+            "the registry is misbehaving or the reference does not name a model."
+        )
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > _MAX_MANIFEST:
+            raise too_big
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise PullError(f"{path} from {self.host} came {encoding}-encoded although identity was asked for.")
+        body = bytearray()
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) > _MAX_MANIFEST:
+                raise too_big
+        return bytes(body)
 
     def fetch_to(self, digest: str, writer: HashingWriter, size: int) -> None:
         """Stream the blob into ``writer`` from its current size; resume after dropped connections."""

@@ -41,8 +41,16 @@ Read = Callable[[memoryview], int]
 _Item = tuple[memoryview | bytes, bytearray | None]
 
 
+class LimitReached(Exception):
+    """The source offered more bytes than the blob's declared size; what fits was kept, the rest refused."""
+
+
 class HashingWriter:
     """The file object fetchers write into: appends to the partial file, hashes, reports, cancels.
+
+    ``limit`` is the blob's declared size: the file never grows past it. ``receive`` stops reading there;
+    ``write`` keeps what fits and raises :class:`LimitReached`, the only way to stop a library that pushes
+    bytes (a registry that declares 1 KiB and streams gigabytes would otherwise fill the disk first).
 
     ``write`` (for libraries that push bytes, like huggingface_hub's ``http_get``) and ``receive`` (for
     readers that fill buffers, like http.client's ``readinto``) both queue the bytes for the disk thread;
@@ -52,9 +60,15 @@ class HashingWriter:
     """
 
     def __init__(
-        self, handle: io.FileIO, path: Path, on_bytes: Callable[[int, int], None], check_cancel: Callable[[], None]
+        self,
+        handle: io.FileIO,
+        path: Path,
+        on_bytes: Callable[[int, int], None],
+        check_cancel: Callable[[], None],
+        limit: int | None = None,
     ) -> None:
         self._handle = handle
+        self.limit = limit
         self._path = path
         self._on_bytes = on_bytes
         self._check_cancel = check_cancel
@@ -100,6 +114,11 @@ class HashingWriter:
         self._raise_error()
         self._start()
         size = memoryview(data).nbytes
+        if self.limit is not None and self.size + size > self.limit:
+            room = max(self.limit - self.size, 0)
+            if room:
+                self.write(memoryview(data).cast("B")[:room])
+            raise LimitReached(f"{self._path.name}: more bytes than the declared size {self.limit}")
         if isinstance(data, bytes) and size >= _DIRECT_WRITE:
             # A large bytes object (huggingface_hub sends 10 MiB) cannot change under the disk thread: no copy.
             self._hand_off()
@@ -127,12 +146,15 @@ class HashingWriter:
         while True:
             self._check_cancel()
             self._raise_error()
+            room = BUFFER_SIZE if self.limit is None else min(BUFFER_SIZE, self.limit - self.size)
+            if room <= 0:
+                return total  # the declared size is reached: whatever else the source has is not read
             buffer = self._free_buffer()
-            view = memoryview(buffer)
+            view = memoryview(buffer)[:room]
             filled, ended = 0, False
             started = time.monotonic()
             try:
-                while filled < BUFFER_SIZE and time.monotonic() - started < HANDOFF_SECONDS:
+                while filled < room and time.monotonic() - started < HANDOFF_SECONDS:
                     count = read(view[filled:])
                     if not count:
                         ended = True
