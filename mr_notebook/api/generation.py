@@ -18,7 +18,20 @@ from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.base import ApiHandler, describe_error
 from mr_notebook.api.openai_routes import body_model, include_usage, optional_bool
-from mr_notebook.engine import Chunk, GenerationParams, collect
+from mr_notebook.api.tools import ToolCall
+from mr_notebook.api.turns import (
+    ModelTraits,
+    TurnEvent,
+    TurnRequest,
+    close_stream,
+    engine_params,
+    fill_in_the_middle,
+    model_traits,
+    openai_turn,
+    run_turn,
+    template_messages,
+)
+from mr_notebook.engine import Chunk, GenerationParams, Usage, collect
 from mr_notebook.errors import InvalidRequest, MrNotebookError
 from mr_notebook.store import parse_ref
 
@@ -51,13 +64,7 @@ class _Tap:
         return chunk
 
     async def close(self) -> None:
-        closer = getattr(self.stream, "aclose", None)
-        if closer is None:
-            return
-        try:
-            await closer()
-        except RuntimeError:
-            pass  # the generator is mid-step in a cancelled task; its own cleanup cancels the request
+        await close_stream(self.stream)
 
 
 class GenerationHandler(ApiHandler):
@@ -167,11 +174,14 @@ class GenerationHandler(ApiHandler):
         except StreamClosedError:
             self.mark_client_gone()
         except MrNotebookError as exc:  # e.g. the worker crashed mid-stream: tell the client in the stream
-            _, body = describe_error(exc, 500, self.request.method or "", self.request.path)
-            try:
-                await self.send_event(json.dumps(body))
-            except StreamClosedError:
-                self.mark_client_gone()
+            await self.stream_error(exc)
+
+    async def stream_error(self, exc: MrNotebookError) -> None:
+        _, body = describe_error(exc, 500, self.request.method or "", self.request.path)
+        try:
+            await self.send_event(json.dumps(body))
+        except StreamClosedError:
+            self.mark_client_gone()
 
     def _record(self, model: str, tap: _Tap) -> None:
         if tap.first_at is None or self.client_gone:
@@ -194,31 +204,9 @@ class GenerationHandler(ApiHandler):
 
 
 class ChatCompletionsHandler(GenerationHandler):
+    """Chat completions with tools, tool choice and reasoning split (see :mod:`mr_notebook.api.turns`)."""
+
     route_name = "chat_completions"
-
-    def opening_choice(self) -> dict[str, Any] | None:
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-
-    def delta_choice(self, chunk: Chunk) -> dict[str, Any]:
-        return {
-            "index": 0,
-            "delta": {"content": chunk.text},
-            "logprobs": {"content": chunk.logprobs} if chunk.logprobs else None,
-            "finish_reason": None,
-        }
-
-    def finish_choice(self, finish_reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
-
-    def whole_choice(
-        self, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None
-    ) -> dict[str, Any]:
-        return {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": {"content": logprobs} if logprobs is not None else None,
-            "finish_reason": finish_reason,
-        }
 
     @tornado.web.authenticated
     async def post(self, path_model: str | None = None) -> None:
@@ -226,17 +214,124 @@ class ChatCompletionsHandler(GenerationHandler):
         body = self.json_body()
         model = body_model(body, path_model)
         streaming, usage = optional_bool(body, "stream"), include_usage(body)
-        params = self.params(body)
-        messages = body.get("messages")
+        turn = openai_turn(model, body)
+        traits = await model_traits(self.ctx, self.settings, model)
+        params = engine_params(self.ctx, turn)
         runner = await self.ctx.ready_runner()
-        await self.run_cancellable(
-            self.respond(
-                model,
-                runner.chat(model, messages, params),  # type: ignore[arg-type]
-                streaming=streaming,
-                usage=usage,
-            )
-        )
+        stream = runner.chat(model, template_messages(body.get("messages")), params)
+        await self.run_cancellable(self.answer(model, stream, turn, traits, streaming=streaming, usage=usage))
+
+    async def answer(
+        self,
+        model: str,
+        stream: AsyncIterator[Chunk],
+        turn: TurnRequest,
+        traits: ModelTraits,
+        *,
+        streaming: bool,
+        usage: bool,
+    ) -> None:
+        tap = _Tap(stream)
+        try:
+            events = run_turn(tap, turn, traits)
+            if streaming:
+                await self._stream_turn(model, tap, events, usage)
+            else:
+                await self._whole_turn(model, events)
+            self._record(model, tap)
+        finally:
+            await tap.close()
+
+    async def _whole_turn(self, model: str, events: AsyncIterator[TurnEvent]) -> None:
+        content: list[str] = []
+        reasoning: list[str] = []
+        calls: list[dict[str, Any]] = []
+        logprobs: list[dict[str, Any]] | None = None
+        done = TurnEvent("done")
+        async for event in events:
+            if event.logprobs is not None:
+                logprobs = (logprobs or []) + event.logprobs
+            if event.kind == "content":
+                content.append(event.text)
+            elif event.kind == "reasoning":
+                reasoning.append(event.text)
+            elif event.kind == "call" and event.call is not None:
+                calls.append(_call_json(event.call))
+            else:
+                done = event
+        text = "".join(content)
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
+        if reasoning:
+            message["reasoning_content"] = "".join(reasoning)
+        if calls:
+            message["tool_calls"] = calls
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": {"content": logprobs} if logprobs is not None else None,
+            "finish_reason": done.finish_reason,
+        }
+        used = done.usage or Usage()
+        self.write_json(self._envelope(model, self.object_name, [choice], usage=used.to_json()))
+
+    async def _stream_turn(self, model: str, tap: _Tap, events: AsyncIterator[TurnEvent], usage: bool) -> None:
+        try:
+            first: TurnEvent | None = await events.__anext__()
+        except StopAsyncIteration:
+            first = None
+        # Errors before the first token were raised above as a proper HTTP status; from here on it is 200.
+        self.start_stream("text/event-stream")
+        extra = {"usage": None} if usage else {}
+
+        def event(delta: dict[str, Any], finish_reason: str | None = None, **more: Any) -> str:
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": more.pop("logprobs", None),
+                "finish_reason": finish_reason,
+            }
+            return json.dumps(self._envelope(model, "chat.completion.chunk", [choice], **{**extra, **more}))
+
+        # Text deltas are the hot path (one per token): render the envelope once, splice each text in.
+        head, tail = event({"content": _SLOT}).split(_SLOT_JSON)
+        try:
+            self.write(f"data: {event({'role': 'assistant', 'content': ''})}\n\n")  # flushed with the first delta
+            index = 0
+            current = first
+            while current is not None:
+                if current.kind == "content" and current.logprobs:
+                    await self.send_event(event({"content": current.text}, logprobs={"content": current.logprobs}))
+                elif current.kind == "content":
+                    await self.send_event(head + json.dumps(current.text) + tail)
+                elif current.kind == "reasoning":
+                    await self.send_event(event({"reasoning_content": current.text}))
+                elif current.kind == "call" and current.call is not None:
+                    # OpenAI's shape: the first chunk of a call names it, the next ones carry argument text.
+                    opening = {**_call_json(current.call), "index": index}
+                    opening["function"] = {"name": current.call.name, "arguments": ""}
+                    await self.send_event(event({"tool_calls": [opening]}))
+                    fragment = {"index": index, "function": {"arguments": current.call.arguments_json()}}
+                    await self.send_event(event({"tool_calls": [fragment]}))
+                    index += 1
+                else:
+                    await self.send_event(event({}, current.finish_reason))
+                    if usage:
+                        used = current.usage or Usage()
+                        choices_free = self._envelope(model, "chat.completion.chunk", [], usage=used.to_json())
+                        await self.send_event(json.dumps(choices_free))
+                try:
+                    current = await events.__anext__()
+                except StopAsyncIteration:
+                    current = None
+            await self.send_event("[DONE]")
+        except StreamClosedError:
+            self.mark_client_gone()
+        except MrNotebookError as exc:  # e.g. the worker crashed mid-stream: tell the client in the stream
+            await self.stream_error(exc)
+
+
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json()}}
 
 
 def _legacy_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -253,6 +348,7 @@ def _legacy_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | N
 
 class CompletionsHandler(GenerationHandler):
     route_name = "completions"
+    echo = ""
     object_name = "text_completion"
     id_prefix = "cmpl-"
 
@@ -265,7 +361,12 @@ class CompletionsHandler(GenerationHandler):
     def whole_choice(
         self, text: str, finish_reason: str | None, logprobs: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
-        return {"index": 0, "text": text, "logprobs": _legacy_logprobs(logprobs), "finish_reason": finish_reason}
+        return {
+            "index": 0,
+            "text": self.echo + text,
+            "logprobs": _legacy_logprobs(logprobs),
+            "finish_reason": finish_reason,
+        }
 
     @tornado.web.authenticated
     async def post(self, path_model: str | None = None) -> None:
@@ -277,16 +378,22 @@ class CompletionsHandler(GenerationHandler):
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise InvalidRequest("prompt must be a string (one prompt per request).", "prompt")
-        if optional_bool(body, "echo"):
-            raise InvalidRequest("echo is not supported; the prompt is what you sent.", "echo")
-        if body.get("suffix") is not None:
-            raise InvalidRequest("suffix (fill-in-the-middle) is not supported.", "suffix")
+        self.echo = prompt if optional_bool(body, "echo") else ""
+        suffix = body.get("suffix")
+        if suffix is not None and not isinstance(suffix, str):
+            raise InvalidRequest("suffix must be a string (the text after the gap to fill).", "suffix")
         best_of = body.get("best_of")
         if best_of not in (None, 1):
             raise InvalidRequest("best_of must be 1: send one request per answer you need.", "best_of")
         streaming, usage = optional_bool(body, "stream"), include_usage(body)
         params = self.params(body)
         runner = await self.ctx.ready_runner()
+        if suffix:
+            prompt = await fill_in_the_middle(runner, model, prompt, suffix)
         await self.run_cancellable(
             self.respond(model, runner.complete(model, prompt, params), streaming=streaming, usage=usage)
         )
+
+    def opening_choice(self) -> dict[str, Any] | None:
+        # echo: the prompt comes back first, as its own delta (llama-server and OpenAI put it before the answer).
+        return {"index": 0, "text": self.echo, "logprobs": None, "finish_reason": None} if self.echo else None

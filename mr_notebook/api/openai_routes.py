@@ -134,3 +134,59 @@ class OpenAIModelHandler(ApiHandler):
         except ValueError:
             name = record.name
         self.write_json(_model_object(name if name in record.tags else record.name, record.created))
+
+
+async def _token_model(handler: ApiHandler, body: dict[str, Any]) -> str:
+    """The body's model, or the only loaded one (llama-server serves one model and needs no name)."""
+    model = body.get("model")
+    if isinstance(model, str) and model:
+        return model
+    if model is not None:
+        raise InvalidRequest("model must be a string.", "model")
+    runner = await handler.ctx.ready_runner()
+    loaded = runner.ps()
+    if len(loaded) == 1:
+        return loaded[0].model
+    raise InvalidRequest(
+        'model is required: send {"model": "ai/smollm2", …} (it may be left out only while exactly one model '
+        "is loaded).",
+        "model",
+    )
+
+
+class TokenizeHandler(ApiHandler):
+    """``POST /tokenize``: llama-server's shape (``content`` → ``tokens``, ``with_pieces`` for the text)."""
+
+    route_name = "tokenize"
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.json_body()
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise InvalidRequest('content must be a string: {"content": "text to tokenize"}.', "content")
+        with_pieces = optional_bool(body, "with_pieces")
+        model = await _token_model(self, body)
+        runner = await self.ctx.ready_runner()
+        tokens = await runner.tokenize(model, content)
+        if not with_pieces:
+            self.write_json({"tokens": tokens})
+            return
+        pieces = [await runner.detokenize(model, [token]) for token in tokens]
+        self.write_json({"tokens": [{"id": t, "piece": p} for t, p in zip(tokens, pieces, strict=True)]})
+
+
+class DetokenizeHandler(ApiHandler):
+    """``POST /detokenize``: ``tokens`` → ``content`` (llama-server's shape)."""
+
+    route_name = "detokenize"
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.json_body()
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise InvalidRequest('tokens must be a list of token ids: {"tokens": [1, 2, 3]}.', "tokens")
+        model = await _token_model(self, body)
+        runner = await self.ctx.ready_runner()
+        self.write_json({"content": await runner.detokenize(model, tokens) if tokens else ""})

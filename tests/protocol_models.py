@@ -1,0 +1,107 @@
+"""Tiny models for the protocol tests: one per tool-call family, a thinking model, and the plain ones.
+
+Each tiny model answers its fixed reply to any prompt; its chat template is what a real model of that family
+carries (enough of it for the family to be recognised, and to render tools when the engine passes them).
+Imported by test_tools.py, test_ollama.py and test_anthropic.py (no tests of its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_api_support import fill_store
+
+from mr_notebook.store import Store
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
+
+_CHATML_LOOP = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + (message['content'] or '')"
+    " + '<|im_end|>' + '\n'}}{% endfor %}"
+)
+_TOOLS_SYSTEM = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}{{ tool | tojson }}{% endfor %}"
+    '</tools>\nCall a tool as: <tool_call>{"name": NAME, "arguments": ARGS}</tool_call><|im_end|>\n{% endif %}'
+)
+_GEN = "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+
+HERMES_TEMPLATE = _TOOLS_SYSTEM + _CHATML_LOOP + _GEN
+QWEN3_TEMPLATE = (
+    _TOOLS_SYSTEM.replace(
+        '<tool_call>{"name": NAME, "arguments": ARGS}</tool_call>',
+        "<tool_call><function=NAME><parameter=P>V</parameter></function></tool_call>",
+    )
+    + _CHATML_LOOP
+    + _GEN
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|start_header_id|>system<|end_header_id|>\n\nRespond with a JSON object "
+    '{"name": function name, "parameters": arguments}. <|python_tag|> {{ tools | tojson }}<|eot_id|>{% endif %}'
+    + _CHATML_LOOP
+    + _GEN
+)
+MISTRAL_TEMPLATE = (
+    "{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+    "{% for message in messages %}{% if message.tool_calls %}[TOOL_CALLS]{{ message.tool_calls | tojson }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>\n' }}"
+    "{% endif %}{% endfor %}" + _GEN
+)
+THINK_TEMPLATE = (
+    _CHATML_LOOP + "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+HERMES_REPLY = f"<tool_call>\n{CALL}\n</tool_call>"
+QWEN3_REPLY = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+LLAMA3_REPLY = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+MISTRAL_REPLY = f"[TOOL_CALLS][{CALL}]"
+PARALLEL_REPLY = (
+    f"Checking. <tool_call>{CALL}</tool_call> "
+    '<tool_call>{"name": "get_weather", "arguments": {"city": "London"}}</tool_call>'
+)
+THINK_REPLY = "<think>The user greets me.</think>Hello there!"
+
+HERMES = "ai/hermes-tools:latest"
+QWEN3 = "ai/qwen3-tools:latest"
+LLAMA3 = "ai/llama3-tools:latest"
+MISTRAL = "ai/mistral-tools:latest"
+GENERIC = "ai/generic-tools:latest"
+PARALLEL = "ai/parallel-tools:latest"
+THINKER = "ai/thinker:latest"
+
+#: name → (reply, template) of every tool-calling model.
+TOOL_MODELS = {
+    HERMES: (HERMES_REPLY, HERMES_TEMPLATE),
+    QWEN3: (QWEN3_REPLY, QWEN3_TEMPLATE),
+    LLAMA3: (LLAMA3_REPLY, LLAMA3_TEMPLATE),
+    MISTRAL: (MISTRAL_REPLY, MISTRAL_TEMPLATE),
+    GENERIC: (CALL, CHATML_TEMPLATE),
+    PARALLEL: (PARALLEL_REPLY, HERMES_TEMPLATE),
+}
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
+    """The API tests' models plus the tool-calling and thinking ones."""
+    store = fill_store(home, factory)
+    for name, (reply, template) in TOOL_MODELS.items():
+        store.import_gguf(factory(reply=reply, chat_template=template), name)
+    store.import_gguf(factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), THINKER)
+    return store

@@ -1,0 +1,313 @@
+"""Tool calling and reasoning on /v1/chat/completions: the parsers, then the OpenAI SDK and LangChain against
+`serve()` with tiny models whose fixed reply is a tool call in each family's format."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from protocol_models import (
+    GENERIC,
+    HERMES,
+    HERMES_REPLY,
+    LLAMA3,
+    MISTRAL,
+    PARALLEL,
+    QWEN3,
+    THINK_REPLY,
+    THINK_TEMPLATE,
+    THINKER,
+    TIME_TOOL,
+    TOOL_MODELS,
+    WEATHER_TOOL,
+    fill_protocol_store,
+)
+from test_api_support import MODEL, REPLY, ServerProcess
+
+from mr_notebook.api.tools import (
+    Splitter,
+    call_format,
+    detect_family,
+    parse_calls,
+    parse_tool_choice,
+    parse_tools,
+    template_opens_think,
+)
+from mr_notebook.errors import InvalidRequest
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
+
+TOOLS = parse_tools([WEATHER_TOOL, TIME_TOOL])
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def split(text: str, family: str | None, step: int, **options: object) -> tuple[str, str, list[tuple[str, dict]]]:
+    """Feed ``text`` in pieces of ``step`` characters; (content, reasoning, calls)."""
+    splitter = Splitter(family=family, tools=TOOLS, **options)  # type: ignore[arg-type]
+    pieces = []
+    for i in range(0, len(text), step):
+        pieces += splitter.feed(text[i : i + step])
+    rest, calls = splitter.finish()
+    pieces += rest
+    content = "".join(t for kind, t in pieces if kind == "content")
+    reasoning = "".join(t for kind, t in pieces if kind == "reasoning")
+    return content, reasoning, [(c.name, c.arguments) for c in calls]
+
+
+# ------------------------------------------------------------------------------------------------ parsers
+
+
+@pytest.mark.parametrize("name", list(TOOL_MODELS))
+@pytest.mark.parametrize("step", [1, 2, 7, 1000])
+def test_every_family_parses_its_calls_however_the_text_is_cut(name: str, step: int) -> None:
+    reply, template = TOOL_MODELS[name]
+    content, reasoning, calls = split(reply, detect_family(template), step)
+    assert calls[0] == ("get_weather", {"city": "Paris"})
+    assert reasoning == ""
+    if name == PARALLEL:
+        assert content.strip() == "Checking." and calls[1] == ("get_weather", {"city": "London"})
+    else:
+        assert content == "" and len(calls) == 1
+
+
+def test_family_detection() -> None:
+    assert [detect_family(TOOL_MODELS[n][1]) for n in (HERMES, QWEN3, LLAMA3, MISTRAL, GENERIC)] == [
+        "hermes",
+        "qwen3_xml",
+        "llama3",
+        "mistral",
+        "generic",
+    ]
+
+
+def test_plain_text_and_bad_calls_stay_content() -> None:
+    assert split("Hello <b>there</b>", "hermes", 3) == ("Hello <b>there</b>", "", [])
+    # A marker with a body that does not parse is the model talking, not a call.
+    broken = "<tool_call>{not json}</tool_call>"
+    assert split(broken, "hermes", 4) == (broken, "", [])
+    # A JSON answer that names no offered tool is an answer in JSON.
+    answer = '{"name": "Paris", "arguments": {}}'
+    assert split(answer, "generic", 5) == (answer, "", [])
+    # Without tools nothing is parsed, even in a tool family.
+    assert Splitter(family=None).feed(HERMES_REPLY) == [("content", HERMES_REPLY)]
+
+
+def test_other_call_shapes() -> None:
+    calls, rest = parse_calls('[TOOL_CALLS]get_time[ARGS]{"city": "Oslo"}', "mistral", TOOLS)
+    assert [(c.name, c.arguments) for c in calls] == [("get_time", {"city": "Oslo"})] and rest == ""
+    calls, _ = parse_calls('<|python_tag|>{"name": "get_time", "parameters": {"city": "Rome"}}', "llama3", TOOLS)
+    assert calls[0].arguments == {"city": "Rome"}
+    calls, _ = parse_calls(
+        '{"tool_calls": [{"name": "get_time", "arguments": "{\\"city\\": \\"Bern\\"}"}]}', "x", TOOLS
+    )
+    assert calls[0].arguments == {"city": "Bern"} and calls[0].id.startswith("call_")
+    # Qwen 3 XML values follow the declared type: numbers parse unless the schema says string.
+    xml = "<tool_call><function=f><parameter=n>\n42\n</parameter><parameter=s>\n42\n</parameter></function>"
+    (call,), _ = parse_calls(xml, "qwen3_xml", {"f": {"properties": {"s": {"type": "string"}}}})
+    assert call.arguments == {"n": 42, "s": "42"}
+
+
+@pytest.mark.parametrize("step", [1, 3, 50])
+def test_reasoning_split(step: int) -> None:
+    assert split(THINK_REPLY, None, step) == ("Hello there!", "The user greets me.", [])
+    assert split(THINK_REPLY, None, step, reasoning=False) == (THINK_REPLY, "", [])
+    # R1 distills open the block in the prompt: the reply starts as reasoning and only closes it.
+    assert split("hmm</think>\n\nYes.", None, step, think_open=True) == ("Yes.", "hmm", [])
+    assert split("<think>unfinished", None, step) == ("", "unfinished", [])
+    # Reasoning, then a call.
+    assert split("<think>use a tool</think>" + HERMES_REPLY, "hermes", step)[1:] == (
+        "use a tool",
+        [("get_weather", {"city": "Paris"})],
+    )
+
+
+def test_thinking_templates() -> None:
+    assert not template_opens_think(THINK_TEMPLATE)  # Qwen 3 style: only the closed, empty block
+    assert template_opens_think("{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}")
+    assert not template_opens_think(CHATML_TEMPLATE)
+
+
+def test_tool_choice_and_tools_validation() -> None:
+    assert parse_tool_choice(None, TOOLS) == ("auto", None)
+    assert parse_tool_choice(None, {}) == ("none", None)
+    assert parse_tool_choice({"type": "function", "function": {"name": "get_time"}}, TOOLS) == ("required", "get_time")
+    for bad in ("sometimes", {"type": "function", "function": {"name": "nope"}}):
+        with pytest.raises(InvalidRequest, match="tool_choice"):
+            parse_tool_choice(bad, TOOLS)
+    with pytest.raises(InvalidRequest, match="required"):
+        parse_tool_choice("required", {})
+    for bad_tools in ({"name": "x"}, [{"type": "function"}], [{"function": {"name": "bad name!"}}]):
+        with pytest.raises(InvalidRequest, match="tools"):
+            parse_tools(bad_tools)
+    named = call_format(TOOLS, "get_time", True)["json_schema"]["schema"]
+    assert named["properties"]["name"] == {"const": "get_time"}
+
+
+# ------------------------------------------------------------------------------------------------ over HTTP
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Iterator[ServerProcess]:
+    home: Path = tmp_path_factory.mktemp("tools_home")
+    fill_protocol_store(home, tiny_model_factory)
+    process = ServerProcess(home)
+    yield process
+    process.stop()
+
+
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("model", [HERMES, QWEN3, LLAMA3, MISTRAL, GENERIC])
+def test_openai_sdk_gets_tool_calls_from_every_family(server: ServerProcess, model: str) -> None:
+    response = client(server).chat.completions.create(model=model, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert not choice.message.content
+
+
+def test_streamed_tool_calls_in_openai_chunk_shape(server: ServerProcess) -> None:
+    stream = client(server).chat.completions.create(
+        model=PARALLEL,
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        stream=True,  # type: ignore[list-item]
+    )
+    chunks = list(stream)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert content.strip() == "Checking."  # text before a call streams as content
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    firsts = [d for d in deltas if d.id]
+    assert [d.index for d in firsts] == [0, 1] and all(d.function and d.function.name == "get_weather" for d in firsts)
+    arguments = {0: "", 1: ""}
+    for d in deltas:
+        arguments[d.index] += (d.function.arguments or "") if d.function else ""
+    assert [json.loads(a)["city"] for a in arguments.values()] == ["Paris", "London"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_parallel_tool_calls_false_keeps_one(server: ServerProcess) -> None:
+    response = client(server).chat.completions.create(
+        model=PARALLEL,
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        parallel_tool_calls=False,  # type: ignore[list-item]
+    )
+    assert len(response.choices[0].message.tool_calls or []) == 1
+
+
+def test_plain_reply_under_auto_and_tool_choice_none(server: ServerProcess) -> None:
+    plain = client(server).chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    assert plain.choices[0].message.content == REPLY and not plain.choices[0].message.tool_calls
+    assert plain.choices[0].finish_reason == "stop"
+    none = client(server).chat.completions.create(
+        model=HERMES,
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        tool_choice="none",  # type: ignore[list-item]
+    )
+    assert none.choices[0].message.content == HERMES_REPLY and not none.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}], ids=["required", "named"]
+)
+def test_required_and_named_choices_are_constrained_by_a_grammar(server: ServerProcess, choice: object) -> None:
+    response = client(server).chat.completions.create(
+        model=GENERIC,
+        messages=ASK,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice=choice,  # type: ignore[arg-type, list-item]
+    )
+    (call,) = response.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    # The grammar holds a model to the tools: one that would answer in prose must still produce a call.
+    forced = client(server).chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        tools=[TIME_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        max_tokens=60,
+        temperature=0,
+    )
+    message = forced.choices[0].message
+    if message.tool_calls:  # the tiny model's grammar-allowed tokens can end in a complete call …
+        assert message.tool_calls[0].function.name == "get_time"
+    else:  # … or run out of tokens inside one; it is never the prose reply
+        assert forced.choices[0].finish_reason == "length"
+        assert (message.content or "").replace(" ", "").startswith('{"name":"get_time","arguments":{')
+
+
+def test_two_step_tool_loop(server: ServerProcess) -> None:
+    c = client(server)
+    first = c.chat.completions.create(model=HERMES, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    call = (first.choices[0].message.tool_calls or [])[0]
+    history = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"forecast": "sunny"})},
+    ]
+    # The history (assistant tool_calls, tool result) renders through the model's template; a plain model answers.
+    second = c.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
+    assert second.choices[0].message.content == REPLY
+    again = c.chat.completions.create(model=HERMES, messages=history, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
+    assert again.choices[0].finish_reason == "tool_calls"
+
+
+def test_bad_tool_requests_are_400(server: ServerProcess) -> None:
+    url = server.url + "v1/chat/completions"
+    cases = [
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ({"reasoning_format": "sideways"}, "reasoning_format"),
+    ]
+    for extra, param in cases:
+        answer = httpx.post(url, json={"model": HERMES, "messages": ASK, **extra}, timeout=30)
+        assert answer.status_code == 400, extra
+        assert answer.json()["error"]["param"] == param
+    # A history whose tool-call arguments are not JSON gets a message saying what to send.
+    broken = [*ASK, {"role": "assistant", "tool_calls": [{"id": "1", "type": "function",
+              "function": {"name": "get_weather", "arguments": "{oops"}}]}]  # fmt: skip
+    answer = httpx.post(url, json={"model": HERMES, "messages": broken}, timeout=30)
+    assert answer.status_code == 400 and "arguments" in answer.json()["error"]["message"]
+
+
+def test_reasoning_content_and_the_switch(server: ServerProcess) -> None:
+    c = client(server)
+    split_answer = c.chat.completions.create(model=THINKER, messages=ASK)
+    message = split_answer.choices[0].message
+    assert message.content == "Hello there!"
+    assert message.model_extra and message.model_extra["reasoning_content"] == "The user greets me."
+    raw = c.chat.completions.create(model=THINKER, messages=ASK, extra_body={"reasoning_format": "none"})
+    assert raw.choices[0].message.content == THINK_REPLY
+    chunks = list(c.chat.completions.create(model=THINKER, messages=ASK, stream=True))
+    reasoning = "".join((ch.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for ch in chunks)
+    assert reasoning == "The user greets me."
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == "Hello there!"
+
+
+def test_langchain_chat_openai_bind_tools(server: ServerProcess) -> None:
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"sunny in {city}"
+
+    llm = ChatOpenAI(model=QWEN3, base_url=server.url + "v1", api_key="unused", max_retries=0, timeout=60)  # type: ignore[arg-type]
+    message = llm.bind_tools([get_weather]).invoke("Weather in Paris?")
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_weather", {"city": "Paris"})]
+    streamed = None
+    for part in llm.bind_tools([get_weather]).stream("Weather in Paris?"):
+        streamed = part if streamed is None else streamed + part
+    assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
