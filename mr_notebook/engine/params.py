@@ -19,8 +19,8 @@ _MAX_TOP_LOGPROBS = 20
 #: Choices per request; the worker also caps ``n`` at the model's parallel sequences.
 MAX_CHOICES = 16
 #: Length, item-count and pattern-repeat limits a JSON schema may set. The schema-to-grammar converter writes
-#: a limit of N as N nested rules, and llama.cpp refuses (or takes seconds on) grammars far below 2000 of them.
-MAX_SCHEMA_REPEAT = 500
+#: a limit of N as N nested rules, and llama.cpp refuses such grammars somewhere between 1000 and 2000.
+MAX_SCHEMA_REPEAT = 1000
 _SCHEMA_LIMITS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 _PATTERN_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 _REASONING_FORMATS = (None, "none", "auto", "deepseek", "deepseek-legacy", "split", "drop", "raw")

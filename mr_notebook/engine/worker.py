@@ -9,8 +9,8 @@ Host → worker::
 
     {"op": "load", "config": {"path", "name", "n_ctx", "gpu_layers", "threads", "parallel", "n_batch",
                               "chat_template", "pooling", "context_length"}}     first message, once
-    {"op": "chat", "id": ID, "messages": [...], "options": {tools, tool_choice, chat_template_kwargs},
-     "params": {...}}                                                           queued
+    {"op": "chat", "id": ID, "messages": [...], "params": {...}}               queued (params.tools,
+                                                        tool_choice, chat_template_kwargs reach the template)
     {"op": "complete", "id": ID, "prompt": "..." or [token ids], "params": {...}}  queued
     {"op": "embed", "id": ID, "inputs": ["..." or [token ids], ...]}            queued
     {"op": "tokenize", "id": ID, "text": "..."}                                 answered at once
@@ -22,7 +22,8 @@ Worker → host::
 
     {"type": "ready", "pid", "n_ctx", "gpu_layers", "n_vocab", "threads", "parallel"}
                                                             after load; or an "error" without id, then exit 1
-    {"type": "stats", "active", "queued", "batch_fill", "decodes"}   scheduler statistics while busy
+    {"type": "stats", "active", "queued", "batch_fill", "decodes", "embedding", "embedded"}
+                                                            scheduler statistics while busy
     {"id", "type": "started"}                               the request got its sequence slot(s)
     {"id", "type": "delta", "text", "logprobs", "index"}    streamed text (logprobs: OpenAI content entries;
                                                             index: the choice, only when n > 1)

@@ -36,6 +36,8 @@ class Embedder:
             if config.get("pooling") is not None
             else llama_cpp.LLAMA_POOLING_TYPE_MEAN
         )
+        #: Inputs embedded since the worker started (reported in stats).
+        self.embedded = 0
         self._ctx: Any = None
         self._batch: Batch | None = None
 
@@ -108,6 +110,7 @@ class Embedder:
             encoded = base64.b64encode(vector.tobytes()).decode("ascii")
             send({"id": job.rid, "type": "vector", "index": first + seq, "b64": encoded})
         llama_cpp.llama_memory_clear(memory, True)
+        self.embedded += seqs
         if job.next < len(job.inputs):
             return False
         send({"id": job.rid, "type": "result", "count": len(job.inputs), "prompt_tokens": job.prompt_tokens})

@@ -5,8 +5,12 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import os
+import sys
+import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import llama_cpp
@@ -37,6 +41,23 @@ def _log_callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 def install_log_capture() -> None:
     """Route llama.cpp's log here (replacing llama-cpp-python's callback, which prints to stderr)."""
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+@contextmanager
+def stderr_captured() -> Iterator[list[str]]:
+    """What C code prints to fd 2 meanwhile (llama.cpp's grammar parser explains refusals only there)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(sink.read(8192).decode("utf-8", errors="replace").splitlines())
 
 
 def mark_log() -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp import llama_grammar
 
-from mr_notebook.engine.llama.model import Model, log_since, mark_log
+from mr_notebook.engine.llama.model import Model, log_since, mark_log, stderr_captured
 from mr_notebook.errors import InvalidRequest
 
 #: Tokens the repeat/presence/frequency penalties look back on (llama-cpp-python's default).
@@ -38,16 +38,14 @@ def grammar_text(response_format: dict[str, Any] | None) -> str | None:
 def init_grammar(model: Model, text: str) -> Any:
     """llama.cpp's grammar sampler, or InvalidRequest saying what llama.cpp refused (never a NULL sampler)."""
     mark = mark_log()
-    try:
+    with stderr_captured() as printed:
         sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode("utf-8"), b"root")
-    except Exception as exc:  # a C++ exception llama-cpp-python turned into one
-        sampler, reason = None, str(exc)
-    else:
-        reason = log_since(mark)
+    said = [line.strip() for line in printed if "error" in line.lower()]
+    reason = " ".join(said)[:300] or log_since(mark)
     if not sampler:
         raise InvalidRequest(
             "llama.cpp refused the grammar for this response_format"
-            + (f": {reason[:500]}" if reason else "")
+            + (f" ({reason})" if reason else "")
             + ". Simplify the schema (fewer or smaller length and item limits, simpler patterns).",
             "response_format",
         )

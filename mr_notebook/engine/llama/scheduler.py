@@ -74,7 +74,7 @@ class Scheduler:
         self._stats_at = 0.0
         self._decodes = 0
         self._decoded_tokens = 0
-        self._shape = (0, 0)
+        self._shape = (0, 0, 0)
 
     # ------------------------------------------------------------------ reader thread
 
@@ -137,7 +137,7 @@ class Scheduler:
     def _prepare(self, request: dict[str, Any], cancel: threading.Event) -> Job:
         params = request["params"]
         if request["op"] == "chat":
-            prompt = self.prompt.tokens(request["messages"], request.get("options") or {})
+            prompt = self.prompt.tokens(request["messages"], params)
             param = "messages"
         elif isinstance(request["prompt"], list):
             prompt = list(request["prompt"])
@@ -379,7 +379,7 @@ class Scheduler:
 
     def _report(self) -> None:
         now = time.monotonic()
-        shape = (sum(len(j.choices) for j in self.running), len(self.waiting))
+        shape = (sum(len(j.choices) for j in self.running), len(self.waiting), len(self.embeds))
         if shape == self._shape and (now - self._stats_at < STATS_EVERY or self._decodes == 0):
             return
         fill = self._decoded_tokens / (self._decodes * self.n_batch) if self._decodes else 0.0
@@ -390,6 +390,8 @@ class Scheduler:
                 "queued": shape[1],
                 "batch_fill": round(fill, 4),
                 "decodes": self._decodes,
+                "embedding": shape[2],
+                "embedded": self.embedder.embedded,
             }
         )
         self._stats_at, self._decodes, self._decoded_tokens, self._shape = now, 0, 0, shape
