@@ -38,6 +38,29 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from mr_notebook.store.imports import discover, find, import_models, locations
+    from mr_notebook.tables import IMPORT_COLUMNS, found_rows
+
+    if args.source is None or args.list:
+        found = discover() if args.source is None else find(args.source)
+        if not found:
+            where = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in locations().items())
+            print(f"No models found ({where}).")
+            return 0
+        print(text_table(found_rows(f.to_json() for f in found), IMPORT_COLUMNS))
+        print("Import them with `mr-notebook import --from SOURCE [MODEL ...]` (no download, no copy).")
+        return 0
+    done = import_models(_store(args), args.source, args.models, link=not args.reference, name=args.name)
+    for item in done:
+        print(f"Imported {item.record.name} from {item.found.source} ({item.how}, {item.record.config.get('size')})")
+        for note in item.found.notes:
+            print(f"  note: {note}")
+    if not done:
+        print(f"{args.source} holds no model to import.")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     records = _store(args).list()
     if args.json:
@@ -262,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf", required=True, metavar="PATH", help="the .gguf file")
     p.add_argument("--copy", action="store_true", help="always copy (default: hard link when possible)")
     p.add_argument("name", help="the model name, e.g. ai/tiny:v1")
+
+    p = add("import", cmd_import, "Add models Ollama, Hugging Face, Model Runner or LM Studio already have (no copy)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="SOURCE",
+        help="ollama, huggingface, model-runner, lmstudio, or a PATH (GGUF file or folder); without: list all found",
+    )
+    p.add_argument("models", nargs="*", metavar="MODEL", help="only these (default: every model of SOURCE)")
+    p.add_argument("--name", help="the name to give a single imported model")
+    p.add_argument("--reference", action="store_true", help="reference the files even where a hard link works")
+    p.add_argument("--list", action="store_true", help="only list what SOURCE holds")
 
     p = add("list", cmd_list, "List stored models", aliases=("ls",))
     p.add_argument("--json", action="store_true", help="Docker Model Runner's JSON")

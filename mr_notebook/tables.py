@@ -118,6 +118,25 @@ def df_rows(usage: Mapping[str, int]) -> list[dict[str, str]]:
     ]
 
 
+IMPORT_COLUMNS = ("SOURCE", "MODEL NAME", "FILES", "SIZE", "WHERE")
+
+
+def found_rows(found: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Rows for ``import`` without a source: the models other tools hold (``Found.to_json()``)."""
+    from mr_notebook.store import format_bytes
+
+    return [
+        {
+            "SOURCE": str(f.get("source", "")),
+            "MODEL NAME": str(f.get("name", "")),
+            "FILES": str(len(f.get("files") or [])),
+            "SIZE": format_bytes(int(f.get("size") or 0)),
+            "WHERE": str(f.get("location", "")),
+        }
+        for f in found
+    ]
+
+
 def text_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str] | None = None) -> str:
     """Aligned plain-text table with a header row (empty rows still print the header)."""
     cols = list(columns) if columns is not None else (list(rows[0]) if rows else [])

@@ -89,6 +89,22 @@ class ModelMagics(Magics):
             f"{config.get('size', '?')})."
         )
 
+    def _verb_import(self, args: Any) -> Any:
+        from mr_notebook.store import Store
+        from mr_notebook.store.imports import discover, find, import_models
+        from mr_notebook.tables import IMPORT_COLUMNS, found_rows
+
+        if args.source is None or args.list:
+            found = [f.to_json() for f in (discover() if args.source is None else find(args.source))]
+            rows = [[row[c] for c in IMPORT_COLUMNS] for row in found_rows(found)]
+            return Table(
+                found, IMPORT_COLUMNS, rows, empty="No models of Ollama, Hugging Face, Model Runner or LM Studio."
+            )
+        # The files are on this machine's disk, and so is the engine's store (in the kernel, or a local server).
+        store = Store(self.state.engine.status().get("store") or None)
+        for item in import_models(store, args.source, args.models, link=not args.reference, name=args.name):
+            _say(f"Imported {item.record.name} from {item.found.source} ({item.how}, nothing downloaded or copied).")
+
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
         if args.quiet:

@@ -66,6 +66,7 @@ VERBS_HELP = """\
 Manage and run local models, like `docker model`. Verbs:
   pull REF                     pull from Docker Hub / an OCI registry / hf.co/ORG/REPO[:QUANT]
   package --gguf PATH NAME     add a local GGUF file as NAME
+  import [--from SRC] [MODEL]  models Ollama/Hugging Face/Model Runner/LM Studio have (no copy); alone: list
   list | ls                    stored models (models = %model list keeps the data)
   inspect REF                  one model's details
   tag SRC DST                  another name for a model
@@ -104,6 +105,14 @@ def model_parser() -> MagicParser:
     package = verb("package", "Add a local GGUF file to the store under NAME.")
     package.add_argument("--gguf", required=True, metavar="PATH", help="the .gguf file")
     package.add_argument("name", metavar="NAME")
+    imports = verb("import", "Add models other tools downloaded (no copy); without --from, list them.")
+    imports.add_argument(
+        "--from", dest="source", metavar="SRC", help="ollama, huggingface, model-runner, lmstudio, PATH"
+    )
+    imports.add_argument("models", nargs="*", metavar="MODEL", help="only these (default: all of SRC)")
+    imports.add_argument("--name", help="the name for a single model")
+    imports.add_argument("--reference", action="store_true", help="reference files even where a hard link works")
+    imports.add_argument("--list", action="store_true", help="only list what SRC holds")
     listing = verb("list", "List stored models.", ("ls",))
     listing.add_argument("-q", "--quiet", action="store_true", help="only model IDs")
     listing.add_argument("--json", action="store_true", help="plain JSON data (no table)")
