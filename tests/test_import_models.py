@@ -16,6 +16,7 @@ from mr_notebook.engine import GenerationParams, Runner, collect
 from mr_notebook.errors import ModelNotFound, StoreError
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, Store
+from mr_notebook.store.external import describe
 from mr_notebook.store.imports import discover, import_models
 from mr_notebook.store.records import MMPROJ_MEDIA_TYPE
 from mr_notebook.testing import TinyModelFactory
@@ -173,9 +174,17 @@ def test_a_reference_is_read_only_and_rechecked_before_load(
     store.purge()
     assert source.stat().st_size == model.stat().st_size  # the store never deletes or writes another's file
     [again] = import_models(store, str(folder), link=False)
+    kept = source.read_bytes()
     source.unlink()
     with pytest.raises(StoreError, match="which is gone"):
         store.model_file(again.record)
+
+    # The same bytes packaged again: the broken link is replaced by the store's own file, and forgotten.
+    (tmp_path / "copy.gguf").write_bytes(kept)
+    record = store.import_gguf(tmp_path / "copy.gguf", "local/repo:F16", link=False)
+    assert describe(store, record.files[0].digest) is None
+    assert not store.blob_path(record.files[0].digest).is_symlink()
+    assert store.model_file(record).read_bytes() == kept
 
 
 def test_a_file_on_another_filesystem_is_referenced(tmp_path: Path, tiny_model: Path) -> None:

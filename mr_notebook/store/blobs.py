@@ -16,6 +16,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from mr_notebook.errors import DigestMismatch, StoreError
+from mr_notebook.store import external
 from mr_notebook.store.files import fsync_dir, sha256_file
 from mr_notebook.store.leases import Lease, live_digests
 from mr_notebook.store.records import GGUF_MEDIA_TYPE, ModelFile
@@ -99,8 +100,9 @@ class BlobStore:
             )
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(partial, self.blob_path(digest))
+        os.replace(partial, self.blob_path(digest))  # replaces a broken reference's link, never its target
         fsync_dir(self.blobs_dir)
+        external.forget(self, digest)  # the store's own file now: no adoption record to check at load
         return self.blob_path(digest)
 
     def add_blob_file(self, src: Path, *, link: bool = True, lease: Lease | None = None) -> ModelFile:
