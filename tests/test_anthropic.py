@@ -1,0 +1,223 @@
+"""Anthropic's Messages API, driven by the real `anthropic` SDK, under `serve()` and the Jupyter extension."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+from protocol_models import GENERIC, HERMES, PARALLEL, THINKER, fill_protocol_store
+
+# pytest-jupyter's fixtures for this module only (see test_serverext.py).
+from pytest_jupyter.jupyter_server import *  # noqa: F403
+from test_api_support import MODEL, NEVER, REPLY, ServerProcess
+
+from mr_notebook.testing.tiny_model import TinyModelFactory
+
+ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
+    path = tmp_path_factory.mktemp("anthropic_home")
+    fill_protocol_store(path, tiny_model_factory)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(home: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(home)
+    yield process
+    process.stop()
+
+
+def client(server: ServerProcess, root: str = "anthropic") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=server.url + root, api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.mark.parametrize("root", ["", "anthropic"])
+def test_messages_under_both_roots(server: ServerProcess, root: str) -> None:
+    message = client(server, root).messages.create(
+        model=MODEL, max_tokens=64, system="Be brief.", messages=ASK, extra_body={"temperature": 0.2, "top_k": 20}
+    )
+    assert message.id.startswith("msg_") and message.role == "assistant" and message.model == MODEL
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == REPLY  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+
+
+def test_system_blocks_max_tokens_and_stop_sequences(server: ServerProcess) -> None:
+    c = client(server)
+    blocks = c.messages.create(model=MODEL, max_tokens=64, system=[{"type": "text", "text": "Be brief."}], messages=ASK)
+    assert blocks.content[0].text == REPLY  # type: ignore[union-attr]
+    cut = c.messages.create(model=NEVER, max_tokens=5, messages=ASK)
+    assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 5
+    stopped = c.messages.create(model=MODEL, max_tokens=64, messages=ASK, stop_sequences=["tiny", "zebra"])
+    assert stopped.content[0].text == REPLY.split("tiny")[0]  # type: ignore[union-attr]
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "tiny"
+    assert stopped.usage.output_tokens > 0  # the kept text, counted by the model's tokenizer
+    with c.messages.stream(model=MODEL, max_tokens=64, messages=ASK, stop_sequences=["model"]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == REPLY.split("model")[0] and final.stop_reason == "stop_sequence" and final.stop_sequence == "model"
+
+
+def test_streaming_event_sequence(server: ServerProcess) -> None:
+    with client(server).messages.stream(model=MODEL, max_tokens=64, messages=ASK) as stream:
+        assert "".join(stream.text_stream) == REPLY
+        final = stream.get_final_message()
+    assert final.content[0].text == REPLY and final.stop_reason == "end_turn"  # type: ignore[union-attr]
+    assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
+    body = {"model": MODEL, "max_tokens": 64, "messages": ASK, "stream": True}
+    with httpx.stream("POST", server.url + "v1/messages", json=body, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        names = [line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")]
+    deltas = names.count("content_block_delta")
+    assert deltas >= 1
+    expected = ["message_start", "ping", "content_block_start"] + ["content_block_delta"] * deltas
+    assert names == [*expected, "content_block_stop", "message_delta", "message_stop"]
+
+
+def test_tool_use_whole_and_streamed(server: ServerProcess) -> None:
+    c = client(server)
+    message = c.messages.create(model=HERMES, max_tokens=128, messages=ASK, tools=[WEATHER])  # type: ignore[list-item]
+    (block,) = message.content
+    assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"city": "Paris"}
+    assert block.id.startswith("toolu_") and message.stop_reason == "tool_use"
+    with c.messages.stream(model=PARALLEL, max_tokens=128, messages=ASK, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use", "tool_use"]
+    assert [b.input for b in final.content if b.type == "tool_use"] == [{"city": "Paris"}, {"city": "London"}]
+    one = c.messages.create(
+        model=PARALLEL,
+        max_tokens=128,
+        messages=ASK,
+        tools=[WEATHER],  # type: ignore[list-item]
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+    )
+    assert [b.type for b in one.content].count("tool_use") == 1
+    # The round trip: the tool_use block and its tool_result go back through the model's template.
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}]},
+    ]
+    answer = c.messages.create(model=MODEL, max_tokens=64, messages=history, tools=[WEATHER])  # type: ignore[list-item]
+    assert answer.content[0].text == REPLY  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "get_weather"}])
+def test_tool_choice_any_and_named(server: ServerProcess, choice: Any) -> None:
+    message = client(server).messages.create(
+        model=GENERIC,
+        max_tokens=128,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice=choice,  # type: ignore[list-item]
+    )
+    assert message.content[-1].type == "tool_use" and message.content[-1].input == {"city": "Paris"}
+
+
+def test_thinking_blocks(server: ServerProcess) -> None:
+    c = client(server)
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    message = c.messages.create(model=THINKER, max_tokens=256, messages=ASK, thinking=thinking)
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "The user greets me."  # type: ignore[union-attr]
+    assert message.content[1].text == "Hello there!"  # type: ignore[union-attr]
+    plain = c.messages.create(model=THINKER, max_tokens=256, messages=ASK)
+    assert [b.type for b in plain.content] == ["text"] and plain.content[0].text == "Hello there!"  # type: ignore[union-attr]
+    with c.messages.stream(model=THINKER, max_tokens=256, messages=ASK, thinking=thinking) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and final.content[0].thinking == "The user greets me."  # type: ignore[union-attr]
+
+
+def test_count_tokens(server: ServerProcess) -> None:
+    c = client(server)
+    short = c.messages.count_tokens(model=MODEL, messages=ASK)
+    longer = c.messages.count_tokens(model=MODEL, messages=ASK, system="You answer questions about the weather.")
+    assert 0 < short.input_tokens < longer.input_tokens
+    created = c.messages.create(model=MODEL, max_tokens=8, messages=ASK)
+    assert created.usage.input_tokens == short.input_tokens
+
+
+def test_errors_in_anthropic_shape(server: ServerProcess) -> None:
+    c = client(server)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        c.messages.create(model="ai/absent", max_tokens=8, messages=ASK)
+    assert missing.value.body["type"] == "error"  # type: ignore[index]
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    url = server.url + "v1/messages"
+    one = {"model": MODEL, "max_tokens": 8}
+    cases = [
+        ({"model": MODEL, "messages": ASK}, "max_tokens"),
+        ({**one, "messages": []}, "messages"),
+        ({**one, "messages": [{"role": "system", "content": "x"}]}, "role"),
+        ({**one, "messages": ASK, "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
+        ({**one, "messages": ASK, "tools": [{"type": "web_search_20250305"}]}, "server tools"),
+        ({**one, "messages": [{"role": "user", "content": [{"type": "image"}]}]}, "image"),
+    ]
+    for body, word in cases:
+        answer = httpx.post(url, json=body, timeout=30)
+        assert answer.status_code == 400, body
+        error = answer.json()
+        assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+        assert word in error["error"]["message"], error
+
+
+def test_x_api_key_on_a_keyed_server(home: Path) -> None:
+    keyed = ServerProcess(home / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
+    try:
+        wrong = anthropic.Anthropic(base_url=keyed.url, api_key="nope", max_retries=0, timeout=30)
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            wrong.messages.create(model=MODEL, max_tokens=8, messages=ASK)
+        assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        right = anthropic.Anthropic(base_url=keyed.url, api_key="s3cret", max_retries=0, timeout=30)
+        with pytest.raises(anthropic.NotFoundError):  # past the key: the keyed store is empty
+            right.messages.create(model=MODEL, max_tokens=8, messages=ASK)
+    finally:
+        keyed.stop()
+
+
+# ------------------------------------------------------------------------------------------------ Jupyter
+
+
+@pytest.fixture
+def jp_server_config(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> dict[str, Any]:
+    fill_protocol_store(tmp_path / "mr_home", tiny_model_factory)
+    return {
+        "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
+        "MrNotebook": {"home": str(tmp_path / "mr_home"), "keep_alive": "2m"},
+    }
+
+
+def test_anthropic_sdk_through_jupyter(
+    jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str, jp_asyncio_loop: Any
+) -> None:
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}mr/anthropic"
+    token = str(jp_serverapp.identity_provider.token)
+
+    async def body() -> None:
+        # The Jupyter token is the key; the SDK sends it as x-api-key.
+        c = anthropic.AsyncAnthropic(base_url=url, api_key=token, max_retries=0, timeout=60)
+        message = await c.messages.create(model=MODEL, max_tokens=64, messages=ASK)
+        assert message.content[0].text == REPLY  # type: ignore[union-attr]
+        async with c.messages.stream(model=HERMES, max_tokens=64, messages=ASK, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+            final = await stream.get_final_message()
+        assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris"}
+        wrong = anthropic.AsyncAnthropic(base_url=url, api_key="not-the-token", max_retries=0, timeout=30)
+        with pytest.raises(anthropic.PermissionDeniedError) as refused:
+            await wrong.messages.create(model=MODEL, max_tokens=8, messages=ASK)
+        assert refused.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+    jp_asyncio_loop.run_until_complete(body())
