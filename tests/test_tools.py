@@ -311,3 +311,56 @@ def test_langchain_chat_openai_bind_tools(server: ServerProcess) -> None:
     for part in llm.bind_tools([get_weather]).stream("Weather in Paris?"):
         streamed = part if streamed is None else streamed + part
     assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
+
+
+def test_tools_and_template_kwargs_reach_the_chat_template(server: ServerProcess) -> None:
+    c = client(server)
+    bare = c.chat.completions.create(model=MODEL, messages=ASK)
+    offered = c.chat.completions.create(model=HERMES, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    unoffered = c.chat.completions.create(model=HERMES, messages=ASK)
+    assert bare.usage and offered.usage and unoffered.usage
+    # The Hermes template lists the tools in a system turn: the prompt grows by their JSON.
+    assert offered.usage.prompt_tokens > unoffered.usage.prompt_tokens + len(json.dumps(WEATHER_TOOL)) // 2
+    thinking_off = c.chat.completions.create(
+        model=THINKER, messages=ASK, extra_body={"chat_template_kwargs": {"enable_thinking": False}}
+    )
+    thinking_on = c.chat.completions.create(model=THINKER, messages=ASK)
+    assert thinking_off.usage and thinking_on.usage
+    assert thinking_off.usage.prompt_tokens > thinking_on.usage.prompt_tokens
+
+
+def test_tokenize_and_detokenize(server: ServerProcess) -> None:
+    def post(path: str, body: dict[str, object]) -> httpx.Response:
+        return httpx.post(server.url + path, json=body, timeout=60)
+
+    assert post("engines/unload", {"all": True}).status_code == 200
+    tokens = post("tokenize", {"model": MODEL, "content": "hello world"}).json()["tokens"]
+    assert tokens and all(isinstance(t, int) for t in tokens)
+    pieces = post("tokenize", {"model": MODEL, "content": "hello world", "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == tokens
+    text = post("detokenize", {"model": MODEL, "tokens": tokens}).json()["content"]
+    assert text.strip() == "hello world" and "".join(p["piece"] for p in pieces) == text
+    # Like llama-server, the model may be left out while only one is loaded …
+    assert post("tokenize", {"content": "hello world"}).json()["tokens"] == tokens
+    assert post("detokenize", {"tokens": tokens}).json()["content"] == text
+    post("tokenize", {"model": GENERIC, "content": "x"})
+    # … but not when two are.
+    answer = post("tokenize", {"content": "hello"})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "model"
+    for path, body, param in [
+        ("tokenize", {"model": MODEL, "content": 5}, "content"),
+        ("detokenize", {"model": MODEL, "tokens": ["a"]}, "tokens"),
+    ]:
+        bad = post(path, body)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == param
+
+
+def test_completions_echo_and_suffix(server: ServerProcess) -> None:
+    c = client(server)
+    echoed = c.completions.create(model=MODEL, prompt="Once upon a time", echo=True, max_tokens=32)
+    assert echoed.choices[0].text == "Once upon a time" + REPLY
+    streamed = list(c.completions.create(model=MODEL, prompt="Once", echo=True, max_tokens=32, stream=True))
+    assert streamed[0].choices[0].text == "Once" and "".join(s.choices[0].text for s in streamed) == "Once" + REPLY
+    with pytest.raises(openai.BadRequestError) as fim:
+        c.completions.create(model=MODEL, prompt="def f(", suffix="    return 1\n", max_tokens=8)
+    assert "fill-in-the-middle" in str(fim.value) and fim.value.body["param"] == "suffix"  # type: ignore[index]
