@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mr_notebook.engine import GenerationParams, Runner, collect
-from mr_notebook.errors import ModelNotFound, StoreError
+from mr_notebook.errors import InvalidModelFile, LocalFileNotFound, ModelNotFound, StoreError
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, Store
 from mr_notebook.store.external import describe
@@ -166,7 +166,7 @@ def test_a_reference_is_read_only_and_rechecked_before_load(
         byte = handle.read(1)
         handle.seek(-10, os.SEEK_END)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(StoreError, match="changed since it was imported"):
+    with pytest.raises(InvalidModelFile, match="changed since it was imported"):
         store.model_file(record)
 
     store.remove(["local/repo:F16"])
@@ -176,7 +176,7 @@ def test_a_reference_is_read_only_and_rechecked_before_load(
     [again] = import_models(store, str(folder), link=False)
     kept = source.read_bytes()
     source.unlink()
-    with pytest.raises(StoreError, match="which is gone"):
+    with pytest.raises(LocalFileNotFound, match="which is gone"):
         store.model_file(again.record)
 
     # The same bytes packaged again: the broken link is replaced by the store's own file, and forgotten.
@@ -312,3 +312,16 @@ def test_magic_lists_and_imports(
         assert store.get("hf.co/lmstudio-community/tiny-gguf:Q4_K_M").tags
     finally:
         ip.run_line_magic("unload_ext", "mr_notebook")
+
+
+async def test_the_engine_refuses_to_load_a_changed_reference(user: Path, tmp_path: Path, tiny_model: Path) -> None:
+    folder = lmstudio_folder(user / "models", "pub", "repo-GGUF", {"repo-F16.gguf": tiny_model})
+    store = Store(tmp_path / "store")
+    [imported] = import_models(store, str(folder), link=False)
+    assert await chat_reply(store, imported.record.name)  # loads and answers while unchanged
+    source = folder / "repo-F16.gguf"
+    data = bytearray(source.read_bytes())
+    data[-10] ^= 0xFF  # rewritten in place by the other tool: same size, other bytes
+    source.write_bytes(bytes(data))
+    with pytest.raises(InvalidModelFile, match="changed since it was imported"):
+        await chat_reply(store, imported.record.name)

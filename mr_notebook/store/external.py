@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mr_notebook.errors import StoreError
+from mr_notebook.errors import InvalidModelFile, LocalFileNotFound
 from mr_notebook.store.files import sha256_file, write_json_atomic
 
 if TYPE_CHECKING:
@@ -40,7 +40,10 @@ def forget(store: BlobStore, digest: str) -> None:
 
 
 def check(store: BlobStore, digest: str, model: str) -> None:
-    """Refuse to load an adopted file that changed since it was verified; a touched but equal file passes."""
+    """Refuse to load an adopted file that changed since it was verified; a touched but equal file passes.
+
+    Both refusals are the user's to fix (import again), so they are 400s over HTTP, not server errors.
+    """
     record = describe(store, digest)
     if record is None:
         return
@@ -49,10 +52,12 @@ def check(store: BlobStore, digest: str, model: str) -> None:
     try:
         now = store.blob_path(digest).stat()
     except OSError:
-        raise StoreError(f"Model {model} uses {source}, which is gone (it was imported, not copied). {again}") from None
+        raise LocalFileNotFound(
+            f"Model {model} uses {source}, which is gone (it was imported, not copied). {again}"
+        ) from None
     if stamp(now) == (record.get("size"), record.get("mtime_ns")):
         return
     if now.st_size != record.get("size") or sha256_file(store.blob_path(digest)) != digest:
-        raise StoreError(f"Model {model} uses {source}, which changed since it was imported; not loaded. {again}")
+        raise InvalidModelFile(f"Model {model} uses {source}, which changed since it was imported; not loaded. {again}")
     record["mtime_ns"] = now.st_mtime_ns  # touched, same bytes: remember the new time, hash once
     write_json_atomic(record_path(store, digest), record)

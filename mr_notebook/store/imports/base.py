@@ -168,8 +168,9 @@ def import_found(store: Store, found: Found, *, link: bool = True) -> Imported:
             model_id=found.model_id,
             created=found.created,
         )
-    if found.settings:
-        record = store.configure(found.name, **found.settings)
+    unset = {k: v for k, v in found.settings.items() if k not in record.settings}  # the user's own win
+    if unset:
+        record = store.configure(found.name, **unset)
     order = ("reference", "hard link", "already stored")
     return Imported(found, record, min(hows, key=order.index) if hows else "already stored")
 
