@@ -144,6 +144,22 @@ def _engine(args: argparse.Namespace) -> Engine:
     return connect(args.home)
 
 
+def _serve_api_key(args: argparse.Namespace) -> str | None:
+    """--api-key-file, else --api-key (warned: other users see it in `ps`); None: serve reads the env."""
+    from mr_notebook.settings import read_secret_file
+
+    if args.api_key_file:
+        return read_secret_file(args.api_key_file)
+    if args.api_key:
+        print(
+            "Warning: --api-key is visible to every user of this machine (ps, /proc); "
+            "use MR_NOTEBOOK_API_KEY or --api-key-file instead.",
+            file=sys.stderr,
+        )
+        return str(args.api_key)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mr_notebook.api.standalone import serve
     from mr_notebook.settings import EngineSettings
@@ -151,7 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"Serving on {url} (OpenAI API: {url}v1, {url}engines/v1). Ctrl-C stops.", flush=True)
 
-    serve(args.host, args.port, args.api_key, _store(args), EngineSettings.from_env(), ready=ready)
+    api_key = _serve_api_key(args)
+    settings = EngineSettings.from_env()
+    serve(args.host, args.port, api_key, _store(args), settings, ready=ready, origins=args.allowed_origins)
     return 0
 
 
@@ -321,7 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "Serve the OpenAI-compatible and model-runner API (Docker Model Runner's port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MR_NOTEBOOK_API_KEY)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="require 'Authorization: Bearer KEY' with the key in this file (or set $MR_NOTEBOOK_API_KEY)",
+    )
+    keys.add_argument("--api-key", help=argparse.SUPPRESS)  # visible in ps: kept for old scripts, with a warning
+    p.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="web page origins allowed to call the API besides the server's own, comma-separated, '*' as a "
+        "wildcard (default: $MR_NOTEBOOK_ORIGINS)",
+    )
+
 
     p = add("run", cmd_run, "Load a model; answer PROMPT, or chat interactively")
     p.add_argument("model", metavar="MODEL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -15,28 +16,55 @@ DEFAULT_PORT = 12434
 DEFAULT_KEEP_ALIVE = 300.0  # seconds, Docker Model Runner / Ollama default (5 minutes)
 DEFAULT_CONTEXT_CAP = 4096
 DEFAULT_MEMORY_FRACTION = 0.75
+#: Longest finite duration (one year): beyond it, timers and expiry dates stop being meaningful; use -1.
+MAX_DURATION = 365 * 86400.0
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*(-?\d{1,12}(?:\.\d{1,9})?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(value: str | float | int | None, *, param: str = "keep_alive") -> float:
-    """``"5m"`` → 300.0; plain numbers are seconds; negative means forever (Ollama semantics)."""
+    """``"5m"`` → 300.0; plain numbers are seconds; -1 means forever (Ollama semantics).
+
+    The one parser for every duration that enters (API bodies, CLI flags, magics, environment, traits):
+    NaN, infinities, other negatives and anything over a year are refused with a message saying what to send.
+    """
     if value is None:
         return DEFAULT_KEEP_ALIVE
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise InvalidRequest(f"{param} must be a duration like '30s', '5m', '1h', 0 or -1", param)
-    if isinstance(value, int | float):
-        return float(value)
-    match = _DURATION.match(value)
-    if match is None:
+    if isinstance(value, str):
+        match = _DURATION.match(value) if len(value) <= 40 else None
+        if match is None:
+            raise InvalidRequest(
+                f"Invalid {param} {value[:40]!r}: use a duration like '30s', '5m', '1h', '0' (unload when idle) "
+                "or '-1' (never unload).",
+                param,
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
+    if seconds == -1:
+        return -1.0
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
         raise InvalidRequest(
-            f"Invalid {param} {value!r}: use a duration like '30s', '5m', '1h', '0' (unload when idle) "
-            "or '-1' (never unload).",
+            f"Invalid {param} {_shown(value)!r}: give 0 to {MAX_DURATION / 86400:g} days (e.g. '30s', '5m', '1h'), "
+            "0 to unload when idle, or -1 to never unload.",
             param,
         )
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return seconds
+
+
+def _shown(value: str | float | int) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and abs(value) > 10**15:  # str() of a huge int can itself fail
+        return "a number too large"
+    return f"{value:.6g}"
 
 
 def format_duration(seconds: float) -> str:
@@ -57,6 +85,18 @@ def parse_size(value: str, *, param: str = "memory budget") -> int:
     unit = (match.group(2) or "").lower()[:1]
     power = " kmgt".index(unit) if unit else 0
     return int(float(match.group(1)) * 1024**power)
+
+
+def read_secret_file(path: str | Path, *, what: str = "API key") -> str:
+    """The secret in a file (first line, whitespace stripped): keeps keys out of ``ps`` and shell history."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Cannot read the {what} from {path}: {exc}. Give a readable text file.") from None
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not secret:
+        raise InvalidRequest(f"The {what} file {path} is empty; put the key on its first line.")
+    return secret
 
 
 def default_home(env: Mapping[str, str] | None = None) -> Path:

@@ -44,7 +44,8 @@ def post(server: ServerProcess, path: str, **kwargs: object) -> httpx.Response:
     [(b"{not json", "not valid JSON"), (b"", "empty"), (b"[1, 2]", "JSON object"), (b"\xff\xfe", "UTF-8")],
 )
 def test_malformed_bodies(api_server: ServerProcess, content: bytes, fragment: str) -> None:
-    error = error_of(post(api_server, "v1/chat/completions", content=content), 400)
+    headers = {"Content-Type": "application/json"}
+    error = error_of(post(api_server, "v1/chat/completions", content=content, headers=headers), 400)
     assert fragment in str(error["message"]) and error["code"] == "invalid_json"
 
 

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Coroutine, Mapping
 from http.client import responses
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import tornado.web
 
 from mr_notebook.api.context import SETTINGS_KEY, ApiContext
+from mr_notebook.api.origins import BrowserCheck, check_browser_request, cors_headers
 from mr_notebook.errors import InvalidRequest, MrNotebookError
 
 log = logging.getLogger("mr_notebook.api")
@@ -28,6 +30,11 @@ log = logging.getLogger("mr_notebook.api")
 API_KEY_SETTING = "mr_notebook_api_key"
 #: Application setting: extra Host header names a keyless standalone server accepts.
 ALLOWED_HOSTS_SETTING = "mr_notebook_allowed_hosts"
+#: Application setting: Origin patterns (besides this server's own loopback origins) a standalone server accepts.
+ALLOWED_ORIGINS_SETTING = "mr_notebook_allowed_origins"
+#: Integers longer than this are refused: no field of the API needs more than 64 bits, and Python refuses to
+#: parse over 4,300 digits with a ValueError that is no JSON error.
+MAX_INT_DIGITS = 20
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1", ""})
 
 _STATUS_CODES = {
@@ -37,6 +44,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "request_too_large",
+    415: "unsupported_media_type",
 }
 
 
@@ -44,6 +52,46 @@ class InvalidJSON(InvalidRequest):
     """The request body is not valid JSON (or not a JSON object)."""
 
     code = "invalid_json"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A body sent without ``Content-Type: application/json`` (web pages can send text/plain cross-site)."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidJSON(f"{name} is not valid JSON; send finite numbers.")
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1 and len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidJSON(f"The body has an integer of {len(text.lstrip('-'))} digits; the limit is {MAX_INT_DIGITS}.")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJSON(f"The number {text[:40]} is out of range; send finite numbers.")
+    return value
+
+
+def parse_json(raw: bytes | bytearray) -> Any:
+    """Strict JSON: no NaN/Infinity, no over-long integers, nesting within Python's limit; else InvalidJSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJSON("The request body is not UTF-8 text; send a JSON object.") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_int=_parse_int, parse_float=_parse_float)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})."
+        ) from None
+    except RecursionError:
+        raise InvalidJSON("The request body is nested too deeply; flatten it.") from None
 
 
 def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -57,7 +105,8 @@ def describe_error(exc: BaseException | None, status: int, method: str, path: st
         return exc.http_status, error_body(str(exc), exc.error_type, exc.code, exc.param)
     if isinstance(exc, tornado.web.HTTPError):
         status = exc.status_code
-        message = (exc.log_message % exc.args) if exc.log_message and exc.args else exc.log_message
+        # Tornado doubles the % of a message given without arguments, so always format.
+        message = exc.log_message % exc.args if exc.log_message else None
     else:
         message = None
     if not message:
@@ -67,6 +116,7 @@ def describe_error(exc: BaseException | None, status: int, method: str, path: st
             404: f"Unknown route {method} {path}. The OpenAI API is under /v1 (e.g. /v1/chat/completions).",
             405: f"Method {method} is not allowed on {path}.",
             413: "The request body is too large.",
+            415: "Send the body as JSON with the header `Content-Type: application/json`.",
         }.get(status)
     if not message:
         message = "Internal server error (see the server log)." if status >= 500 else responses.get(status, "Error")
@@ -74,14 +124,21 @@ def describe_error(exc: BaseException | None, status: int, method: str, path: st
     return status, error_body(message, error_type, _STATUS_CODES.get(status, "server_error" if status >= 500 else None))
 
 
+@tornado.web.stream_request_body
 class ApiHandler(tornado.web.RequestHandler):
-    """Base of every mr_notebook handler, whichever host serves it."""
+    """Base of every mr_notebook handler, whichever host serves it.
+
+    Bodies are streamed in (``stream_request_body``) so the limit applies before anything is buffered:
+    ``prepare`` (after the host's authentication) refuses a too-large ``Content-Length`` at once and caps
+    what the connection will read; ``data_received`` collects the rest into ``request.body``.
+    """
 
     #: Label of this route in the request metrics (never the raw path: names would explode the series).
     route_name: ClassVar[str] = "other"
 
     _work: asyncio.Future[None] | None = None
     _client_gone: bool = False
+    _received: bytearray | None = None
     started_at: float = 0.0
 
     @property
@@ -103,10 +160,17 @@ class ApiHandler(tornado.web.RequestHandler):
         if self.request.method != "OPTIONS" and not self.current_user:
             raise tornado.web.HTTPError(403)
         limit = self.ctx.limits.max_body_size
-        if len(self.request.body) > limit:
-            raise tornado.web.HTTPError(
-                413, "The request body has %d bytes; the limit is %d.", len(self.request.body), limit
-            )
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise tornado.web.HTTPError(413, "The request body has %d bytes; the limit is %d.", int(declared), limit)
+        # A chunked body past the limit ends the connection (Tornado stops reading; nothing more is buffered).
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        self._received = bytearray()
+        self.request.body = self._received  # type: ignore[assignment]  # grows as chunks arrive
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._received is not None:
+            self._received += chunk
 
     # ------------------------------------------------------------------ input
 
@@ -115,14 +179,15 @@ class ApiHandler(tornado.web.RequestHandler):
         raw = self.request.body
         if not raw.strip():
             raise InvalidJSON("The request body is empty; send a JSON object.")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidJSON("The request body is not UTF-8 text; send a JSON object.") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidJSON(
-                f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})."
-            ) from None
+        content_type = self.request.headers.get("Content-Type", "")
+        media = content_type.partition(";")[0].strip().lower()
+        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+            got = f"it was {content_type!r}" if content_type else "none was sent"
+            raise UnsupportedMediaType(
+                f"Send the body as JSON with the header `Content-Type: application/json` ({got}; "
+                "with curl: -H 'Content-Type: application/json')."
+            )
+        data = parse_json(raw)
         if not isinstance(data, dict):
             raise InvalidJSON(f"The request body must be a JSON object, not {type(data).__name__}.")
         return data
@@ -201,7 +266,19 @@ class ApiHandler(tornado.web.RequestHandler):
 
 
 class StandaloneAuth(tornado.web.RequestHandler):
-    """Host base for `mr-notebook serve`: no auth on loopback without a key, else `Bearer KEY`."""
+    """Host base for `mr-notebook serve`: browser origins checked; no auth on loopback without a key, else
+    `Bearer KEY`. Jupyter's own base (APIHandler) does the same jobs with its token, XSRF and origin checks."""
+
+    def _browser_check(self) -> BrowserCheck:
+        patterns = self.settings.get(ALLOWED_ORIGINS_SETTING, ())
+        return check_browser_request(self.request.headers, self.request.host, patterns)
+
+    def set_default_headers(self) -> None:
+        # Here rather than in prepare: error answers reset the headers to these defaults, and a page that is
+        # allowed must be able to read its errors too.
+        super().set_default_headers()
+        for name, value in cors_headers(self._browser_check(), self.request.headers, preflight=False).items():
+            self.set_header(name, value)
 
     def prepare(self) -> None:
         key = self.settings.get(API_KEY_SETTING)
@@ -215,6 +292,12 @@ class StandaloneAuth(tornado.web.RequestHandler):
                     "Host %r is not allowed; start the server with an API key to serve other hosts.",
                     self.request.host_name,
                 )
+        refusal = self._browser_check().refusal
+        if refusal is not None:
+            raise tornado.web.HTTPError(403, "%s", refusal)
+        if self.request.method == "OPTIONS":
+            return  # a CORS preflight carries no credentials; options() answers it
+        if key is None:
             self.current_user = "local"
             return
         token = bearer_token(self.request.headers)
@@ -226,6 +309,13 @@ class StandaloneAuth(tornado.web.RequestHandler):
                 else "Wrong API key.",
             )
         self.current_user = "api-key"
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """CORS preflight: allowed origins get the methods and headers they ask for; the others got 403."""
+        for name, value in cors_headers(self._browser_check(), self.request.headers, preflight=True).items():
+            self.set_header(name, value)
+        self.set_status(204)
+        self.finish()
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:

@@ -24,6 +24,7 @@ from tornado.netutil import bind_sockets
 
 from mr_notebook.api.app import make_application
 from mr_notebook.api.context import ApiContext, ApiLimits
+from mr_notebook.api.origins import parse_origins
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.settings import DEFAULT_PORT, EngineSettings, runtime_file
 
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from mr_notebook.store import Store
 
 log = logging.getLogger("mr_notebook.api")
-_SERVER_BODY_CAP = 100 * 1024 * 1024  # Tornado's own default; our 413 answers anything below it
+#: What one read may buffer (Tornado's default is 100 MiB); bodies stream into the handlers in chunks.
+_READ_BUFFER = 1024 * 1024
 
 
 class ServeError(MrNotebookError, OSError):
@@ -97,10 +99,19 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         raise ServeError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
 
 
-def _http_server(context: ApiContext, api_key: str | None, host: str) -> HTTPServer:
+def _http_server(context: ApiContext, api_key: str | None, host: str, origins: tuple[str, ...]) -> HTTPServer:
     allowed = () if is_loopback(host) else (host,)
-    app = make_application(context, api_key=api_key, allowed_hosts=allowed)
-    return HTTPServer(app, max_body_size=max(context.limits.max_body_size + 1024 * 1024, _SERVER_BODY_CAP))
+    app = make_application(context, api_key=api_key, allowed_hosts=allowed, allowed_origins=origins)
+    # The handlers answer 413 from Content-Length before reading; these caps hold for whatever else arrives.
+    limit = context.limits.max_body_size
+    return HTTPServer(app, max_body_size=limit, max_buffer_size=max(_READ_BUFFER, 2 * 65536))
+
+
+def allowed_origins(value: str | tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Origin patterns from the argument, else ``MR_NOTEBOOK_ORIGINS`` (see ``origins.py``)."""
+    if value is None:
+        value = os.environ.get("MR_NOTEBOOK_ORIGINS")
+    return parse_origins(value)
 
 
 async def _shutdown(server: HTTPServer) -> None:
@@ -118,10 +129,12 @@ def serve(
     limits: ApiLimits | None = None,
     *,
     ready: Callable[[str], None] | None = None,
+    origins: str | tuple[str, ...] | None = None,
 ) -> None:
     """Serve the API until SIGINT/SIGTERM (blocks). ``api_key=None`` reads ``MR_NOTEBOOK_API_KEY``.
 
-    ``ready(url)`` is called once the server listens (the CLI prints the address there).
+    ``ready(url)`` is called once the server listens (the CLI prints the address there). ``origins``: web
+    page origins allowed besides the server's own (default ``MR_NOTEBOOK_ORIGINS``).
     """
     if api_key is None:
         api_key = os.environ.get("MR_NOTEBOOK_API_KEY") or None
@@ -130,7 +143,8 @@ def serve(
             f"Refusing to serve on {host} without an API key: anyone who can reach it could use "
             "your models. Pass --api-key KEY (or set MR_NOTEBOOK_API_KEY), or bind 127.0.0.1."
         )
-    asyncio.run(_serve(host, port, api_key, store, settings, limits or ApiLimits(), ready))
+    patterns = allowed_origins(origins)
+    asyncio.run(_serve(host, port, api_key, store, settings, limits or ApiLimits(), ready, patterns))
 
 
 async def _serve(
@@ -141,6 +155,7 @@ async def _serve(
     settings: EngineSettings | None,
     limits: ApiLimits,
     ready: Callable[[str], None] | None,
+    origins: tuple[str, ...],
 ) -> None:
     from mr_notebook.engine import Runner
     from mr_notebook.store import Store
@@ -149,7 +164,7 @@ async def _serve(
     context = ApiContext(store, Runner(store, settings), limits, mode="standalone")
     await context.ready_runner()
     sockets = _bind(host, port)
-    server = _http_server(context, api_key, host)
+    server = _http_server(context, api_key, host, origins)
     server.add_sockets(sockets)
     url = _url(host, sockets[0].getsockname()[1])
     stop = asyncio.Event()
@@ -202,15 +217,20 @@ def start_in_thread(
     port: int = 0,
     api_key: str | None = None,
     limits: ApiLimits | None = None,
+    origins: str | tuple[str, ...] | None = None,
 ) -> ServerHandle:
-    """Serve ``sync_runner``'s Runner over HTTP from its own loop thread; returns at once."""
+    """Serve ``sync_runner``'s Runner over HTTP from its own loop thread; returns at once.
+
+    ``origins``: web page origins allowed besides the server's own (default ``MR_NOTEBOOK_ORIGINS``).
+    """
     if api_key is None and not is_loopback(host):
         raise ServeError(f"Refusing to serve on {host} without an API key; pass api_key or bind 127.0.0.1.")
+    patterns = allowed_origins(origins)
     context = ApiContext(store, sync_runner.runner, limits or ApiLimits(), mode="kernel")
 
     async def start() -> tuple[HTTPServer, int]:
         sockets = _bind(host, port)
-        server = _http_server(context, api_key, host)
+        server = _http_server(context, api_key, host, patterns)
         server.add_sockets(sockets)  # on the runner's loop: this coroutine runs there
         return server, int(sockets[0].getsockname()[1])
 
