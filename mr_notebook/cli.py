@@ -281,6 +281,18 @@ def cmd_configure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from mr_notebook.workflows.lock import sync
+
+    engine = _engine(args)
+    try:
+        models = sync(args.path, engine, print)
+    finally:
+        engine.close()
+    print(f"{len(models)} model(s) match {args.path}.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mr-notebook",
@@ -368,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--context-size", type=int, metavar="N")
     p.add_argument("--keep-alive", metavar="DURATION", help="e.g. 30s, 5m, 1h, 0 (unload when idle), -1 (never)")
+    p = add("sync", cmd_sync, "Pull exactly the models (name and digest) of a notebook's lock file")
+    p.add_argument("path", nargs="?", default="mr-notebook.lock", metavar="PATH", help="default mr-notebook.lock")
     return parser
 
 

@@ -61,13 +61,17 @@ class ChatStream(Iterator[str]):
         self.model = model
         self.usage: dict[str, int] | None = None
         self.finish_reason: str | None = None
+        #: OpenAI ``logprobs.content`` entries received so far (requests with ``logprobs=True``), else None.
+        self.logprobs: list[dict[str, Any]] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._finished = False
         self._on_close: Callable[[], None] | None = None
 
     # -- producer side (engine implementations) ---------------------------------------------
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        if logprobs:
+            self.logprobs = (self.logprobs or []) + list(logprobs)
         self._queue.put(text)
 
     def _finish(self, finish_reason: str | None, usage: dict[str, int] | None) -> None:

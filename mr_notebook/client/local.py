@@ -194,8 +194,8 @@ class LocalEngine:
             agen = sync.runner.chat(model, messages, generation)
             try:
                 async for chunk in agen:
-                    if chunk.text:
-                        stream._emit(chunk.text)
+                    if chunk.text or chunk.logprobs:
+                        stream._emit(chunk.text, chunk.logprobs)
                     if chunk.finish_reason is not None or chunk.usage is not None:
                         usage = chunk.usage.to_json() if chunk.usage is not None else None
                         stream._finish(chunk.finish_reason, usage)

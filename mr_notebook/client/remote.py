@@ -325,8 +325,9 @@ class RemoteEngine:
                 usage = {k: int(v) for k, v in chunk["usage"].items() if isinstance(v, int)}
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content")
-                if text:
-                    stream._emit(text)
+                logprobs = (choice.get("logprobs") or {}).get("content")
+                if text or logprobs:
+                    stream._emit(text or "", logprobs)
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
         stream._finish(finish_reason, usage)

@@ -1,24 +1,32 @@
-"""``%%chat``: the cell is the user message, the reply streams into the output and lands in ``_chat``."""
+"""``%%chat``: the cell is the user message, the reply streams into the output and lands in ``_chat``.
+
+Flags beyond the basics: ``--error`` (explain the last exception), ``--insert`` (reply's first code block into
+a new cell), ``--models a,b`` / ``-n 3`` (replies side by side), ``--logprobs`` (tokens shaded by probability).
+Every reply carries provenance (``_chat.provenance``), also written into the output's metadata.
+"""
 
 from __future__ import annotations
 
 import json
+import random
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.kernel.braces import resolve, substitute
-from mr_notebook.kernel.display import StreamView, rich_frontend, short_error
+from mr_notebook.kernel.context import error_prompt, first_code_block, preview
+from mr_notebook.kernel.display import StreamView, rich_frontend, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, chat_parser, split
 from mr_notebook.kernel.state import KernelState
+from mr_notebook.workflows.provenance import ProvenanceSource
+from mr_notebook.workflows.schema import Parser, ReplyNotJSON, json_object, response_format
 
+__all__ = ["ChatReply", "GenerationStopped", "ReplyNotJSON", "chat_cell", "stream_reply"]
 
-class ReplyNotJSON(MrNotebookError, ValueError):
-    """``--json``/``--schema`` asked for JSON and the model's reply does not parse."""
-
-    code = "reply_not_json"
-    http_status = 502
+#: Output metadata key under which %%chat saves provenance in the .ipynb.
+METADATA_KEY = "mr_notebook"
 
 
 class GenerationStopped(KeyboardInterrupt):
@@ -37,6 +45,10 @@ class ChatReply(str):
     finish_reason: str | None
     #: The parsed reply with ``--json``/``--schema``, else None.
     data: Any
+    #: Model name and digest, engine and version, parameters, seed, time.
+    provenance: dict[str, Any]
+    #: OpenAI ``logprobs.content`` entries with ``--logprobs``, else None.
+    logprobs: list[dict[str, Any]] | None
 
     def __new__(
         cls,
@@ -47,17 +59,36 @@ class ChatReply(str):
         usage: dict[str, int] | None = None,
         finish_reason: str | None = None,
         data: Any = None,
+        provenance: dict[str, Any] | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
     ) -> ChatReply:
         reply = super().__new__(cls, text)
         reply.model, reply.messages, reply.usage = model, messages, usage
         reply.finish_reason, reply.data = finish_reason, data
+        reply.provenance, reply.logprobs = provenance or {}, logprobs
         return reply
 
 
+class Streamed:
+    """What :func:`stream_reply` got: text, usage, finish reason, logprobs."""
+
+    def __init__(self, text: str, stream: Any) -> None:
+        self.text = text
+        self.usage: dict[str, int] | None = stream.usage
+        self.finish_reason: str | None = stream.finish_reason
+        self.logprobs: list[dict[str, Any]] | None = stream.logprobs
+
+
 def stream_reply(
-    shell: Any, state: KernelState, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-) -> tuple[str, dict[str, int] | None, str | None]:
-    """Stream one answer into the cell output; (text, usage, finish_reason). Interrupt stops the engine."""
+    shell: Any,
+    state: KernelState,
+    model: str,
+    messages: list[dict[str, Any]],
+    params: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+) -> Streamed:
+    """Stream one answer into the cell output (``metadata`` goes on the final output). Interrupt stops
+    the engine."""
     view = StreamView(rich_frontend(shell))
     parts: list[str] = []
     stream = state.engine.chat_stream(model, messages, **params)
@@ -69,47 +100,54 @@ def stream_reply(
     except KeyboardInterrupt:
         view.finish("".join(parts) + ("\n\n" if parts else "") + "*[stopped]*")
         raise GenerationStopped from None
-    text = "".join(parts)
-    view.finish(text)
-    return text, stream.usage, stream.finish_reason
+    result = Streamed("".join(parts), stream)
+    view.finish(result.text, metadata)
+    return result
 
 
-def _response_format(args: Any, namespace: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+def _response_format(args: Any, namespace: dict[str, Any]) -> tuple[dict[str, Any] | None, Parser | None]:
     """(the response_format to send, what parses the reply) for ``--json`` / ``--schema``."""
     if args.json:
-        return {"type": "json_object"}, None
+        return json_object()
     if args.schema is None:
         return None, None
     value = resolve(args.schema, namespace)
-    model_class = None
-    if isinstance(value, type) and hasattr(value, "model_json_schema"):  # a pydantic model
-        model_class, schema = value, value.model_json_schema()
-    elif isinstance(value, dict):
-        schema = value
-    else:
+    if not (isinstance(value, type | dict)):
         try:
-            schema = json.loads(args.schema)
+            value = json.loads(args.schema)
         except ValueError:
             raise UsageError(
-                f"--schema {args.schema!r} is neither a variable holding a JSON schema (dict or "
-                "pydantic model) nor JSON text."
+                f"--schema {args.schema!r} is neither a variable holding a JSON schema (dict, pydantic model "
+                "or TypedDict) nor JSON text."
             ) from None
-        if not isinstance(schema, dict):
+        if not isinstance(value, dict):
             raise UsageError("--schema must be a JSON object (a JSON schema).")
-    name = str(schema.get("title") or "reply").replace(" ", "_")[:64]
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}, model_class
-
-
-def _parse(text: str, model_class: Any) -> Any:
     try:
-        if model_class is not None:
-            return model_class.model_validate_json(text)
-        return json.loads(text)
-    except ValueError as exc:
-        raise ReplyNotJSON(
-            f"The reply is not valid JSON ({exc}); the text is in _chat. Try a larger "
-            "--max-tokens, or a model that follows JSON instructions better."
-        ) from None
+        return response_format(value)
+    except TypeError as exc:
+        raise UsageError(f"--schema: {exc}") from None
+
+
+def _params(args: Any, response_format: dict[str, Any] | None) -> dict[str, Any]:
+    params = {
+        key: value
+        for key, value in (
+            ("temperature", args.temperature),
+            ("max_tokens", args.max_tokens),
+            ("seed", args.seed),
+            ("response_format", response_format),
+        )
+        if value is not None
+    }
+    if args.logprobs:
+        from mr_notebook.kernel.tokens import TOP_LOGPROBS
+
+        params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+    return params
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
 
 
 def chat_cell(shell: Any, state: KernelState, line: str, cell: str) -> None:
@@ -120,46 +158,117 @@ def chat_cell(shell: Any, state: KernelState, line: str, cell: str) -> None:
     except HelpShown:
         return
     try:
-        model = args.model or state.default_model
+        models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+        model = args.model or (models[0] if models else None) or state.default_model
         if not model:
             raise UsageError(
                 "No model chosen: load one with `%model run MODEL` (then %%chat uses it), or "
                 "name it with `%%chat -m MODEL`. `%model list` shows the stored models."
             )
-        response_format, model_class = _response_format(args, namespace)
-        user = substitute(cell.strip("\n"), namespace)
+        if args.n < 1:
+            raise UsageError("-n must be 1 or more.")
+        response_format, parse = _response_format(args, namespace)
+        used: list[str] = []
+        user = substitute(cell.strip("\n"), namespace, preview, used)
+        if args.error:
+            user = error_prompt(user)
+        params = _params(args, response_format)
+        if len(models) > 1 or args.n > 1:
+            _compare(shell, state, args, models or [model], user, params)
+            return
         conversation = state.conversation(model)
         if args.new:
             conversation.reset()
         if args.system is not None and not args.no_history:
             conversation.system = args.system
         messages = conversation.messages(user, history=not args.no_history, system=args.system)
-        params = {
-            key: value
-            for key, value in (
-                ("temperature", args.temperature),
-                ("max_tokens", args.max_tokens),
-                ("seed", args.seed),
-                ("response_format", response_format),
-            )
-            if value is not None
-        }
-        text, usage, finish_reason = stream_reply(shell, state, model, messages, params)
+        provenance = ProvenanceSource(state.engine).record(model, params)
+        metadata = {METADATA_KEY: {"provenance": provenance}}
+        streamed = stream_reply(shell, state, model, messages, params, metadata)
+        state.used_models[model] = provenance["digest"]
         reply = ChatReply(
-            text,
+            streamed.text,
             model=model,
-            messages=[*messages, {"role": "assistant", "content": text}],
-            usage=usage,
-            finish_reason=finish_reason,
+            messages=[*messages, {"role": "assistant", "content": streamed.text}],
+            usage=streamed.usage,
+            finish_reason=streamed.finish_reason,
+            provenance=provenance,
+            logprobs=streamed.logprobs,
         )
         namespace["_chat"] = reply  # also when the JSON below does not parse: the text stays reachable
         if not args.no_history:
-            conversation.record(user, text)
-        if response_format is not None:
-            reply.data = _parse(text, model_class)
+            conversation.record(user, streamed.text)
+        _after_reply(shell, args, reply, used)
+        if parse is not None:
+            reply.data = parse(streamed.text)
     except MrNotebookError as error:
         if error.user_error:
             raise short_error(error) from None
         raise
     if args.output:
-        namespace[args.output] = reply.data if response_format is not None else reply
+        namespace[args.output] = reply.data if parse is not None else reply
+
+
+def _after_reply(shell: Any, args: Any, reply: ChatReply, used: list[str]) -> None:
+    """The token view, --insert, and the prompt's size."""
+    if args.logprobs:
+        from mr_notebook.kernel.tokens import TokenView
+
+        show(TokenView(str(reply), reply.logprobs or []))
+    if args.insert:
+        code = first_code_block(str(reply))
+        if code is None:
+            _say("(--insert: the reply has no code block to insert.)")
+        else:
+            shell.set_next_input(code, replace=False)
+    if used and reply.usage and "prompt_tokens" in reply.usage:
+        _say(f"(Prompt: {reply.usage['prompt_tokens']:,} tokens, with {', '.join('{' + u + '}' for u in used)}.)")
+
+
+def _compare(shell: Any, state: KernelState, args: Any, models: list[str], user: str, params: dict[str, Any]) -> None:
+    """``--models a,b`` × ``-n N``: every reply side by side; ``_chat`` is the list of replies."""
+    from mr_notebook.kernel.compare import Run, run_all
+
+    engine = state.engine
+    messages = [
+        *([{"role": "system", "content": args.system}] if args.system else []),
+        {"role": "user", "content": user},
+    ]
+    base_seed = args.seed if args.seed is not None else random.randrange(2**31)
+    runs = []
+    for model in models:
+        for sample in range(args.n):
+            run_params = dict(params)
+            if args.n > 1:  # different seeds, so the samples differ (the engine has no `n` yet)
+                run_params["seed"] = base_seed + sample
+            label = model if args.n == 1 else f"{model} · sample {sample + 1}"
+            runs.append(Run(label, model, run_params))
+    source = ProvenanceSource(engine)
+    records = [source.record(run.model, run.params) for run in runs]
+
+    def metadata() -> dict[str, Any]:
+        for run, provenance in zip(runs, records, strict=True):
+            provenance.update(ttft=run.ttft, tokens_per_second=run.rate)
+        return {METADATA_KEY: {"provenance": records}}
+
+    try:
+        run_all(shell, engine, runs, messages, metadata)
+    except KeyboardInterrupt:
+        raise GenerationStopped from None
+    metadata()  # also without a notebook front end
+    replies = []
+    for run, provenance in zip(runs, records, strict=True):
+        state.used_models[run.model] = provenance["digest"]
+        replies.append(
+            ChatReply(
+                run.text,
+                model=run.model,
+                messages=[*messages, {"role": "assistant", "content": run.text}],
+                usage=run.usage,
+                finish_reason=run.finish_reason,
+                provenance=provenance,
+            )
+        )
+    shell.user_ns["_chat"] = replies
+    if args.output:
+        shell.user_ns[args.output] = replies

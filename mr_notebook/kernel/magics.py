@@ -210,6 +210,27 @@ class ModelMagics(Magics):
         url = serve(host=args.host, port=args.port)
         _say(f"Serving the in-kernel engine at {url}v1 (OpenAI routes; api_key is not needed).")
 
+    def _verb_lock(self, args: Any) -> None:
+        from mr_notebook.workflows.lock import write_lock
+
+        models = write_lock(args.path, self.state.engine, self.state.used_models)
+        _say(
+            f"Locked {len(models)} model(s) in {args.path}: "
+            + ", ".join(f"{m.name} ({m.digest[7:19]})" for m in models)
+        )
+
+    def _verb_sync(self, args: Any) -> None:
+        from mr_notebook.workflows.lock import sync
+
+        bar = PullBar(args.path)
+        try:
+            models = sync(args.path, self.state.engine, _say, bar)
+        finally:
+            bar.close()
+        for model in models:
+            self.state.used_models[model.name] = model.digest
+        _say(f"{len(models)} model(s) match {args.path}.")
+
     def _verb_chat(self, args: Any) -> Any:
         from mr_notebook import widgets
 

@@ -80,6 +80,7 @@ Manage and run local models, like `docker model`. Verbs:
   status                       which engine this kernel uses, and where
   configure REF [--context-size N] [--keep-alive D]
   serve [--port N]             expose the in-kernel engine over HTTP
+  lock [PATH] / sync [PATH]    pin the models this kernel used / pull exactly those (mr-notebook.lock)
   chat [REF] / ui              chat and model-manager widgets
 `%model VERB --help` shows a verb's options."""
 
@@ -144,6 +145,10 @@ def model_parser() -> MagicParser:
     serve = verb("serve", "Expose the in-kernel engine over HTTP (OpenAI routes under /v1).")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1")
+    lock = verb("lock", "Write the models this kernel used (name, digest, source) to a lock file.")
+    lock.add_argument("path", nargs="?", default="mr-notebook.lock", metavar="PATH")
+    sync = verb("sync", "Pull exactly the models of a lock file (refuses other models under their names).")
+    sync.add_argument("path", nargs="?", default="mr-notebook.lock", metavar="PATH")
     verb("chat", "Open the chat widget.").add_argument("ref", nargs="?", metavar="REF")
     verb("ui", "Open the model manager widget.")
     return parser
@@ -171,4 +176,11 @@ def chat_parser() -> MagicParser:
         help="JSON schema (a variable: dict or pydantic model; or JSON text) the reply must follow",
     )
     parser.add_argument("-o", "--output", metavar="VAR", help="also store the result in VAR")
+    parser.add_argument(
+        "--error", action="store_true", help="send the last exception (traceback, failing cell) and ask for a fix"
+    )
+    parser.add_argument("--insert", action="store_true", help="put the reply's first code block into a new cell")
+    parser.add_argument("--models", metavar="A,B", help="send to several models; replies side by side")
+    parser.add_argument("-n", type=int, default=1, metavar="N", help="N samples side by side (different seeds)")
+    parser.add_argument("--logprobs", action="store_true", help="show each token shaded by its probability")
     return parser
