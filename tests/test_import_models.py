@@ -87,7 +87,7 @@ def build(source: str, user: Path, factory: TinyModelFactory) -> tuple[str, Path
         return "hf.co/test-org/tiny-gguf:Q8_0", root, model.stat().st_size + mmproj.stat().st_size
     if source == "model-runner":
         root = user / ".docker" / "models"
-        model_runner_store(root, "index.docker.io/ai/tiny:latest", [model])
+        model_runner_store(root, "docker.io/ai/tiny:latest", [model])  # how Model Runner writes tags today
         return "ai/tiny:latest", root, model.stat().st_size
     root = user / ".lmstudio" / "models"
     parts = _parts(factory(reply=f"Imported from {source}.", splits=2))
@@ -199,6 +199,28 @@ def test_a_file_on_another_filesystem_is_referenced(tmp_path: Path, tiny_model: 
         assert store.model_file(imported.record).read_bytes() == tiny_model.read_bytes()
     finally:
         shutil.rmtree(other, ignore_errors=True)
+
+
+def test_ollama_names_follow_its_manifest_paths(
+    user: Path, tmp_path: Path, tiny_model_factory: TinyModelFactory
+) -> None:
+    root = user / "ollama-models"
+    ollama_store(root, "tiny", "latest", tiny_model_factory(reply="library"))
+    ollama_store(root, "me", "v1", tiny_model_factory(reply="user namespace"), namespace="someone")
+    hub = tiny_model_factory(reply="from the hub")
+    ollama_store(root, "Tiny-GGUF", "Q8_0", hub, registry="hf.co", namespace="Test-Org", template=None)
+    env = {"HOME": str(user), "OLLAMA_MODELS": str(root)}
+    found = {f.name: f.aliases for f in discover(env)}
+    assert found == {
+        "registry.ollama.ai/library/tiny:latest": ["tiny:latest"],
+        "registry.ollama.ai/someone/me:v1": ["someone/me:v1"],
+        "hf.co/test-org/tiny-gguf:Q8_0": ["hf.co/Test-Org/Tiny-GGUF:Q8_0"],
+    }
+    store = Store(tmp_path / "store")
+    [imported] = import_models(store, "ollama", ["someone/me:v1"], env=env)
+    assert imported.record.tags == ["registry.ollama.ai/someone/me:v1"]
+    [imported] = import_models(store, "ollama", ["hf.co/test-org/tiny-gguf:Q8_0"], env=env)
+    assert store.model_file(imported.record).read_bytes() == hub.read_bytes()  # the same name a pull would give
 
 
 def test_a_changed_or_mismatching_file_is_refused(user: Path, tmp_path: Path, tiny_model: Path) -> None:
