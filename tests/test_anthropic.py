@@ -166,6 +166,15 @@ def test_errors_in_anthropic_shape(server: ServerProcess) -> None:
         ({**one, "messages": ASK, "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice"),
         ({**one, "messages": ASK, "tools": [{"type": "web_search_20250305"}]}, "server tools"),
         ({**one, "messages": [{"role": "user", "content": [{"type": "image"}]}]}, "image"),
+        ({**one, "messages": [{"role": "user"}]}, "content"),
+        ({**one, "messages": ASK, "system": 5}, "system"),
+        (
+            {
+                **one,
+                "messages": [{"role": "user", "content": [{"type": "tool_result", "content": [{"type": "image"}]}]}],
+            },
+            "text blocks",
+        ),
     ]
     for body, word in cases:
         answer = httpx.post(url, json=body, timeout=30)

@@ -195,6 +195,23 @@ def test_errors_in_ollama_shape(server: ServerProcess) -> None:
         server.url + "api/chat", json={"model": MODEL, "messages": [{**ASK[0], "images": ["aGk="]}]}, timeout=10
     )
     assert images.status_code == 400 and "images" in images.json()["error"]
+    # Hostile shapes are a 400 that names the field, never a 500.
+    for extra in (
+        {"messages": [{**ASK[0], "tool_calls": "x"}]},
+        {"messages": [{**ASK[0], "tool_calls": [{"function": "get_weather"}]}]},
+        {"messages": [{**ASK[0], "tool_calls": 7}]},
+        {"messages": ASK, "keep_alive": [1]},
+        {"messages": [], "keep_alive": {"m": 5}},
+        {"messages": ASK, "options": "fast"},
+        {"messages": ASK, "format": 5},
+        {"messages": ASK, "stream": "yes"},
+        {"messages": ASK, "think": 3},
+    ):
+        answer = httpx.post(server.url + "api/chat", json={"model": MODEL, **extra}, timeout=30)
+        assert answer.status_code == 400, (extra, answer.text)
+        assert set(answer.json()) == {"error"}
+    embed = httpx.post(server.url + "api/embed", json={"model": EMBED, "input": "x", "keep_alive": [1]}, timeout=30)
+    assert embed.status_code == 400 and "keep_alive" in embed.json()["error"]
 
 
 def test_error_inside_a_stream_is_one_error_line(server: ServerProcess) -> None:

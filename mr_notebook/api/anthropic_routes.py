@@ -88,7 +88,7 @@ def openai_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ("user", "assistant"):
             raise InvalidRequest(f'{where}.role must be "user" or "assistant".', "messages")
-        content = message["content"]
+        content = message.get("content")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue

@@ -136,16 +136,32 @@ def chat_messages(messages: Any) -> list[dict[str, Any]]:
         content = message.get("content")
         entry: dict[str, Any] = {"role": message["role"], "content": content if content is not None else ""}
         calls = message.get("tool_calls")
-        if isinstance(calls, list) and calls:
-            entry["tool_calls"] = [
-                {"id": f"call_{i}_{n}", "type": "function", "function": dict(call.get("function") or {})}
-                for n, call in enumerate(calls)
-                if isinstance(call, dict)
-            ]
+        if calls is not None:
+            if not isinstance(calls, list) or not all(
+                isinstance(call, dict) and isinstance(call.get("function"), dict) for call in calls
+            ):
+                raise InvalidRequest(
+                    f'messages[{i}].tool_calls must be a list of {{"function": {{"name": …, "arguments": {{…}}}}}}.',
+                    "messages",
+                )
+            if calls:
+                entry["tool_calls"] = [
+                    {"id": f"call_{i}_{n}", "type": "function", "function": dict(call["function"])}
+                    for n, call in enumerate(calls)
+                ]
         if message.get("tool_name"):
             entry["name"] = message["tool_name"]
         out.append(entry)
     return out
+
+
+def keep_alive_seconds(body: dict[str, Any]) -> float | None:
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidRequest("keep_alive must be a duration like '5m', a number of seconds, 0 or -1.", "keep_alive")
+    return parse_duration(value)
 
 
 def _done_reason(finish: str | None) -> str:
@@ -179,8 +195,7 @@ class _OllamaGeneration(OllamaHandler):
     async def load_or_unload(self, model: str, body: dict[str, Any]) -> None:
         """An empty request loads the model; with ``keep_alive`` 0 it unloads it (Ollama's convention)."""
         runner = await self.ctx.ready_runner()
-        keep_alive = body.get("keep_alive")
-        seconds = None if keep_alive is None else parse_duration(keep_alive)
+        seconds = keep_alive_seconds(body)
         if seconds == 0:
             await asyncio.to_thread(self.ctx.store.get, model)  # an unknown name is still a 404
             await runner.unload([model])
@@ -331,9 +346,9 @@ class EmbedHandler(OllamaHandler):
             key = "prompt" if self.legacy else "input"
             raise InvalidRequest(f"{key} must be a non-empty string" + ("." if self.legacy else " or list."), key)
         runner = await self.ctx.ready_runner()
-        keep_alive = body.get("keep_alive")
+        keep_alive = keep_alive_seconds(body)
         if keep_alive is not None:
-            await runner.load(model, keep_alive=parse_duration(keep_alive))
+            await runner.load(model, keep_alive=keep_alive)
         started = time.perf_counter()
         result = await runner.embed(model, texts)
         if self.legacy:
