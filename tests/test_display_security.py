@@ -17,7 +17,7 @@ from jupyter_client.manager import KernelManager
 
 from mr_notebook.kernel.display import MARKDOWN_MAX_CHARS, SafeMarkdown, StreamView, markdown_html
 from mr_notebook.store import Store
-from mr_notebook.testing.markup import PAYLOAD, PAYLOADS, LiveMarkup, inert_text
+from mr_notebook.testing.markup import FORMATTED, FORMATTED_HTML, PAYLOAD, PAYLOADS, LiveMarkup, inert_text
 from mr_notebook.testing.tiny_model import TinyModelFactory
 
 OUTPUTS = ("display_data", "update_display_data", "execute_result")
@@ -54,36 +54,14 @@ def test_the_checker_catches_live_markup() -> None:
 
 
 def test_markdown_formatting_is_kept() -> None:
-    reply = (
-        "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `x < y`.\n\n```python\nif a < b:\n    print('<b>')\n```\n"
-        "\n- one\n- two\n\n3. three\n4. four\n\n> quoted\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
-        "[docs](https://example.com/a?b=1&c=2), http://example.org and ![chart](https://example.com/c.png)\n"
-        "line one\nline two"
-    )
-    html = markdown_html(reply)
+    html = markdown_html(FORMATTED)
     inert_text(html)
-    for fragment in (
-        "<h1>Title</h1>",
-        "<strong>bold</strong>",
-        "<em>italic</em>",
-        "<s>gone</s>",
-        "<code>x &lt; y</code>",
-        "<pre><code>if a &lt; b:\n    print('&lt;b&gt;')\n</code></pre>",
-        "<li>one</li>",
-        '<ol start="3">',
-        "<blockquote>",
-        "<td>2</td>",
-        "line one<br>\nline two",
-    ):
+    for fragment in FORMATTED_HTML:
         assert fragment in html, (fragment, html)
     links = re.findall(r"<a [^>]*>[^<]*</a>", html)
     assert len(links) == 3, html
-    assert all('target="_blank"' in link and 'rel="noopener noreferrer nofollow"' in link for link in links)
-    assert 'href="https://example.com/a?b=1&amp;c=2"' in links[0]
-    # An image is a link to it, never loaded (it could carry the conversation to any server).
-    assert links[2] == (
-        '<a href="https://example.com/c.png" target="_blank" rel="noopener noreferrer nofollow">chart</a>'
-    )
+    assert all('target="_blank" rel="noopener noreferrer nofollow"' in link for link in links)
+    assert links[2].endswith(">chart</a>")
 
 
 def test_deep_nesting_and_very_long_replies_fall_back_to_plain_text() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +21,10 @@ from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 from mr_notebook.store.pull import PullProgress
 from mr_notebook.testing.hub import LocalHub
+from mr_notebook.testing.markup import FORMATTED, FORMATTED_HTML, PAYLOADS, inert_text
 from mr_notebook.testing.tiny_model import TinyModelFactory
 from mr_notebook.widgets import ChatBusy, ChatWidget, ModelManager, chat, manager
+from mr_notebook.widgets._common import MARKDOWN_LIBRARIES, bundle
 from mr_notebook.widgets.manager import _Meter
 
 REPLY = "One two three four five six seven eight nine ten."
@@ -282,3 +287,61 @@ def test_model_chat_and_ui_magics_open_the_widgets_on_the_kernel_engine(
         assert kernel_engine.list()
     finally:
         ip.run_line_magic("unload_ext", "mr_notebook")
+
+
+# ---------------------------------------------------------------------- the chat widget's Markdown, in node
+def markdown_in_node(tmp_path: Path, sources: list[str]) -> dict[str, Any]:
+    """markdown.js as the widget bundles it (vendored markdown-it included), run by node on ``sources``:
+    {"html": [markdownToHtml(source) …], "max_chars": MD_MAX_CHARS, "globals": [typeof markdownit …]}.
+
+    DOMPurify needs a DOM, so its half is checked in the browser (test_browser.py).
+    """
+    node = shutil.which("node")
+    assert node, "node is needed for the widget's renderer tests (.ci/run installs nodejs)"
+    module = tmp_path / "markdown.mjs"
+    module.write_text(
+        bundle("markdown.js", libraries=MARKDOWN_LIBRARIES) + "\nexport { markdownToHtml, MD_MAX_CHARS };\n"
+    )
+    runner = tmp_path / "run.mjs"
+    runner.write_text(
+        "import { readFileSync } from 'node:fs';\n"
+        "import { markdownToHtml, MD_MAX_CHARS } from './markdown.mjs';\n"
+        "const sources = JSON.parse(readFileSync(0, 'utf8'));\n"
+        "const globals = [typeof globalThis.markdownit, typeof globalThis.DOMPurify];\n"
+        "const html = sources.map((source) => markdownToHtml(source));\n"
+        "process.stdout.write(JSON.stringify({ html, globals, max_chars: MD_MAX_CHARS }));\n"
+    )
+    done = subprocess.run(
+        [node, str(runner)], input=json.dumps(sources), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_widget_markdown_shows_hostile_replies_as_text(tmp_path: Path) -> None:
+    result = markdown_in_node(tmp_path, PAYLOADS)
+    assert result["globals"] == ["undefined", "undefined"]  # the vendored libraries stay inside the module
+    for source, html in zip(PAYLOADS, result["html"], strict=True):
+        text = inert_text(html)  # raises LiveMarkup on anything that could run or load
+        assert ("onerror" in text) == ("onerror" in source), (source, html)
+
+
+def test_widget_markdown_keeps_formatting(tmp_path: Path) -> None:
+    [html] = markdown_in_node(tmp_path, [FORMATTED])["html"]
+    inert_text(html)
+    for fragment in FORMATTED_HTML:
+        assert fragment in html, (fragment, html)
+
+
+def test_widget_markdown_work_is_bounded(tmp_path: Path) -> None:
+    """The old renderer overflowed the stack on 20,000 nested quotes and was quadratic on unclosed ``**``."""
+    deep_list = "\n".join("  " * depth + "- item" for depth in range(200))
+    sources = [">" * 20_000 + " hi", deep_list, "**a " * 20_000, "x" * 100_000 + " TAIL"]
+    result = markdown_in_node(tmp_path, sources)
+    quotes, nested, stars, long = result["html"]
+    # Deeper than markdown-it's nesting cap: null, and the widget shows the whole text as plain text.
+    assert quotes is None and nested is None
+    assert inert_text(stars).count("**a") == 20_000
+    # Only the first MD_MAX_CHARS characters are parsed; renderMarkdown appends the rest as plain text.
+    assert result["max_chars"] == 100_000 and "x" * 1000 in long and "TAIL" not in long

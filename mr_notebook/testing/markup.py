@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-__all__ = ["PAYLOAD", "PAYLOADS", "LiveMarkup", "inert_text"]
+__all__ = ["FORMATTED", "FORMATTED_HTML", "PAYLOAD", "PAYLOADS", "LiveMarkup", "inert_text"]
 
 #: One reply with each kind of attack and some Markdown formatting (short enough for a tiny test model).
 #: Each script would set ``window.__pwned`` or open a dialog.
@@ -36,6 +36,21 @@ PAYLOADS = [
     "<!-- comment --><![CDATA[<img src=x onerror=alert(1)>]]>&lt;script&gt;alert(1)&lt;/script&gt;",
     "<a href=http://x.org onclick=alert(1)>x</a> <div style=background:url(javascript:alert(1))>y</div>",
 ]
+
+#: Markdown a model writes, and pieces of the HTML every renderer of ours must make of it (formatting kept).
+FORMATTED = (
+    "# Title\n\nSome **bold**, *italic*, ~~gone~~ and `x < y`.\n\n```python\nif a < b:\n    print('<b>')\n```\n"
+    "\n- one\n- two\n\n3. three\n4. four\n\n> quoted\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+    "[docs](https://example.com/a?b=1&c=2), http://example.org and ![chart](https://example.com/c.png)\n"
+    "line one\nline two"
+)
+FORMATTED_HTML = (
+    *("<h1>Title</h1>", "<strong>bold</strong>", "<em>italic</em>", "<s>gone</s>", "<code>x &lt; y</code>"),
+    *("if a &lt; b:\n    print('&lt;b&gt;')\n</code></pre>", "<li>one</li>", '<ol start="3">', "<blockquote>"),
+    *("<td>2</td>", "line one<br>\nline two", '<a href="https://example.com/a?b=1&amp;c=2"'),
+    # An image is only a link to it: loading it could send the conversation to any server.
+    '<a href="https://example.com/c.png"',
+)
 
 #: Elements that run script, load a document or resource, or take over the page.
 _FORBIDDEN_TAGS = {

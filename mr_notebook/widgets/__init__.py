@@ -3,7 +3,8 @@
 Why anywidget: a widget is a Python model (traitlets) plus one ES module and a CSS file shipped in this
 package (``static/``). Every front end that runs ipywidgets 8 — JupyterLab 4, Notebook 7, VS Code — loads
 that module through anywidget's generic front end, so there is no build step, no labextension to install or
-keep in sync, and nothing fetched from a CDN (the Markdown renderer is ``static/markdown.js``). An
+keep in sync, and nothing fetched from a CDN (Markdown: ``static/markdown.js`` over markdown-it and DOMPurify,
+vendored in ``static/vendor``). An
 ipywidgets composite could not stream Markdown, pin the scroll position or confirm in place without a
 custom front end anyway.
 

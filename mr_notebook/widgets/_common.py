@@ -17,9 +17,30 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 
-def bundle(*names: str) -> str:
-    """One ES module from several files in ``static/``: anywidget loads a single module and we use no bundler."""
-    return "\n".join((STATIC / name).read_text(encoding="utf-8") for name in names)
+#: The maintained libraries markdown.js uses, vendored in ``static/vendor`` (see its README): the name each
+#: is bound to in the widget module, and its file.
+MARKDOWN_LIBRARIES = {"markdownit": "vendor/markdown-it.min.js", "DOMPurify": "vendor/purify.min.js"}
+
+
+def vendored(name: str, path: str) -> str:
+    """A UMD library from ``static/`` as ``const name = …``.
+
+    It runs in a function scope with CommonJS ``module``/``exports``, so it takes its CommonJS branch and
+    defines no global in the notebook page (nor meets a page's AMD ``define``).
+    """
+    source = (STATIC / path).read_text(encoding="utf-8")
+    return (
+        f"const {name} = (() => {{\nconst module = {{ exports: {{}} }};\nconst exports = module.exports;\n"
+        f"{source}\nreturn module.exports;\n}})();"
+    )
+
+
+def bundle(*names: str, libraries: dict[str, str] | None = None) -> str:
+    """One ES module from vendored ``libraries`` and files in ``static/``: anywidget loads a single module and
+    we use no bundler."""
+    parts = [vendored(name, path) for name, path in (libraries or {}).items()]
+    parts += [(STATIC / name).read_text(encoding="utf-8") for name in names]
+    return "\n".join(parts)
 
 
 def current_engine() -> tuple[Engine, bool]:

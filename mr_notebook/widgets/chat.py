@@ -20,7 +20,15 @@ import traitlets
 
 from mr_notebook.errors import InvalidRequest, MrNotebookError
 from mr_notebook.store.refs import normalize
-from mr_notebook.widgets._common import STATIC, bundle, current_engine, engine_label, error_text, model_names
+from mr_notebook.widgets._common import (
+    MARKDOWN_LIBRARIES,
+    STATIC,
+    bundle,
+    current_engine,
+    engine_label,
+    error_text,
+    model_names,
+)
 
 if TYPE_CHECKING:
     from mr_notebook.client import ChatStream, Engine
@@ -44,7 +52,7 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
     sent to the model).
     """
 
-    _esm = bundle("markdown.js", "chat.js")
+    _esm = bundle("markdown.js", "chat.js", libraries=MARKDOWN_LIBRARIES)
     _css = STATIC / "widgets.css"
 
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)

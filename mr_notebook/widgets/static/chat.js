@@ -71,7 +71,7 @@ function render({ model, el }) {
       const key = `${role}\u0000${message.content}\u0000${streaming}`;
       if (drawn[index] && drawn[index].key === key) return;
       const body = h("div", { class: "mrnb-body" });
-      if (role === "assistant" || role === "system") body.innerHTML = renderMarkdown(message.content || "");
+      if (role === "assistant" || role === "system") renderMarkdown(body, message.content || "");
       else body.textContent = message.content || "";
       const node = h("div", { class: `mrnb-message mrnb-${role}${streaming ? " mrnb-streaming" : ""}` },
         h("div", { class: "mrnb-role" }, ROLE_LABELS[role]), body);
@@ -117,6 +117,22 @@ function render({ model, el }) {
     drawMessages();
   };
 
+  // A streaming reply is rendered whole on each update: space the renders out by what the last one cost
+  // (rendering takes at most a quarter of the time), so a long reply cannot keep the page busy.
+  let drawTimer = null;
+  let drawCost = 0;
+  let drawnAt = 0;
+  const drawSoon = () => {
+    if (drawTimer !== null) return;
+    drawTimer = setTimeout(() => {
+      drawTimer = null;
+      const start = performance.now();
+      drawState();
+      drawnAt = performance.now();
+      drawCost = drawnAt - start;
+    }, Math.max(0, drawnAt + 3 * drawCost - performance.now()));
+  };
+
   // ---- user actions
   const submit = () => {
     const text = input.value;
@@ -152,7 +168,8 @@ function render({ model, el }) {
     else maxTokens.value = model.get("max_tokens");
   });
 
-  const events = ["change:messages", "change:busy", "change:status", "change:engine_info", "change:temperature",
+  model.on("change:messages", drawSoon);
+  const events = ["change:busy", "change:status", "change:engine_info", "change:temperature",
     "change:max_tokens", "change:system"];
   for (const name of events) model.on(name, drawState);
   model.on("change:models", drawModels);
@@ -161,6 +178,8 @@ function render({ model, el }) {
   drawState();
   return () => {
     for (const name of events) model.off(name, drawState);
+    model.off("change:messages", drawSoon);
+    clearTimeout(drawTimer);
     model.off("change:models", drawModels);
     model.off("change:model", drawModels);
   };
