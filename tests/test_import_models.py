@@ -223,6 +223,21 @@ def test_ollama_names_follow_its_manifest_paths(
     assert store.model_file(imported.record).read_bytes() == hub.read_bytes()  # the same name a pull would give
 
 
+def test_hf_cache_files_of_every_revision(user: Path, tmp_path: Path, tiny_model_factory: TinyModelFactory) -> None:
+    cache = user / "hf"
+    old, new = tiny_model_factory(reply="older commit"), tiny_model_factory(reply="newer commit")
+    hf_cache(cache, "org/Tiny-GGUF", {"tiny-Q8_0.gguf": old, "tiny-Q4_K_M.gguf": old}, commit="1" * 40)
+    hf_cache(cache, "org/Tiny-GGUF", {"tiny-Q4_K_M.gguf": new}, commit="2" * 40)  # refs/main moves here
+    env = {"HOME": str(user), "HF_HUB_CACHE": str(cache)}
+    found = {f.name: f for f in discover(env)}
+    assert sorted(found) == ["hf.co/org/tiny-gguf:Q4_K_M", "hf.co/org/tiny-gguf:Q8_0"]
+    store = Store(tmp_path / "store")
+    import_models(store, "hf", env=env)
+    record = store.get("hf.co/org/tiny-gguf:Q4_K_M")
+    assert store.model_file(record).read_bytes() == new.read_bytes()  # main's copy of a file cached twice
+    assert store.model_file(store.get("hf.co/org/tiny-gguf:Q8_0")).read_bytes() == old.read_bytes()
+
+
 def test_a_changed_or_mismatching_file_is_refused(user: Path, tmp_path: Path, tiny_model: Path) -> None:
     root = user / ".ollama" / "models"
     paths = ollama_store(root, "tiny", "latest", tiny_model)

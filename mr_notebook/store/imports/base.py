@@ -98,19 +98,21 @@ def quant_of(filename: str) -> str | None:
     return found[-1].upper() if found else None
 
 
-def group_ggufs(paths: Iterable[Path]) -> dict[str, list[Path]]:
-    """GGUF files by model: a split set's parts together (part order), each single file alone; no mmproj."""
-    groups: dict[str, list[Path]] = {}
+def group_ggufs(paths: Iterable[Path]) -> list[tuple[str, list[Path]]]:
+    """GGUF files by model, as (base name, files): a split set's parts together in order, each other file
+    alone; no mmproj. Files of different folders never share a model."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
     for path in sorted(paths):
         if not path.name.lower().endswith(".gguf") or "mmproj" in path.name.lower():
             continue
         split = _SPLIT.match(path.name)
-        groups.setdefault(split.group("base") if split else path.name.removesuffix(".gguf"), []).append(path)
-    complete: dict[str, list[Path]] = {}
-    for key, members in groups.items():
+        base = split.group("base") if split else path.name.removesuffix(".gguf")
+        groups.setdefault((path.parent, base), []).append(path)
+    complete = []
+    for (_, base), members in groups.items():
         split = _SPLIT.match(members[0].name)
         if split is None or len(members) == int(split.group("count")):
-            complete[key] = members  # an incomplete split set (a download under way) is not a model yet
+            complete.append((base, members))  # an incomplete split set (a download under way) is not a model yet
     return complete
 
 

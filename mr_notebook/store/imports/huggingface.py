@@ -3,7 +3,8 @@
 huggingface_hub's :func:`scan_cache_dir` reads it (``models--ORG--REPO/snapshots/<rev>/`` links into
 ``blobs/<etag>``; an LFS file's etag is its sha256). Each GGUF quantization (or split set) of a repository is
 one model named ``hf.co/org/repo:QUANT``, as ``pull hf.co/org/repo:QUANT`` would name it; the repository's
-``mmproj`` file comes along. Of several cached revisions, the one a ref (``main``) points at wins.
+``mmproj`` file comes along. A file cached at several revisions is taken from the one a ref (``main``)
+points at, else the newest.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ def find(env: Mapping[str, str]) -> list[Found]:
     for repo in sorted(info.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
+        # Files of every cached revision, each name from the newest revision that has it (a ref such as
+        # "main" first): a quantization fetched at an older commit is still on disk and still usable.
         revisions = sorted(repo.revisions, key=lambda r: (bool(r.refs), r.last_modified), reverse=True)
-        if not revisions:
-            continue
-        revision = revisions[0]
-        blobs = {Path(f.file_path): Path(f.blob_path) for f in revision.files}
+        blobs: dict[Path, Path] = {}
+        names: set[str] = set()
+        for revision in revisions:
+            for file in revision.files:
+                relative = str(Path(file.file_path).relative_to(revision.snapshot_path))
+                if relative not in names:
+                    names.add(relative)
+                    blobs[Path(file.file_path)] = Path(file.blob_path)
         projector = [p for p in blobs if p.name.lower().endswith(".gguf") and "mmproj" in p.name.lower()]
-        for key, parts in group_ggufs(blobs).items():
+        for key, parts in group_ggufs(blobs):
             quant = quant_of(parts[0].name) or model_tag(key)
             try:
                 name = str(parse_ref(f"hf.co/{repo.repo_id}:{quant}"))
@@ -55,7 +62,7 @@ def find(env: Mapping[str, str]) -> list[Found]:
                 continue
             files = [FoundFile(p, claimed=_claimed(blobs[p]), name=p.name) for p in parts]
             files += [FoundFile(p, MMPROJ_MEDIA_TYPE, _claimed(blobs[p]), p.name) for p in projector[:1]]
-            found.append(Found("huggingface", name, revision.snapshot_path, files))
+            found.append(Found("huggingface", name, parts[0].parent, files))
     return found
 
 

@@ -31,7 +31,7 @@ def find(env: Mapping[str, str]) -> list[Found]:
         for folder in sorted(p for p in base.glob("*/*") if p.is_dir()):
             publisher, repo = folder.relative_to(base).parts
             projector = projectors(folder)[:1]
-            for key, parts in group_ggufs(folder.glob("*.gguf")).items():
+            for key, parts in group_ggufs(folder.glob("*.gguf")):
                 quant = quant_of(parts[0].name) or model_tag(key)
                 try:
                     name = str(parse_ref(f"hf.co/{publisher}/{repo}:{quant}"))

@@ -30,7 +30,7 @@ def find(path: Path) -> list[Found]:
     folders = [path, *below]
     found = []
     for folder in folders[:_MAX_FOLDERS]:
-        for key, parts in group_ggufs(folder.glob("*.gguf")).items():
+        for key, parts in group_ggufs(folder.glob("*.gguf")):
             stem = _stem(parts[0].name)
             found.append(_found(folder, model_name(stem if folder == path else f"{folder.name}"), parts, key))
     return found
