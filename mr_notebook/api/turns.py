@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mr_notebook.api.context import ApiContext
     from mr_notebook.store import ModelRecord, Store
 
-#: Application-settings key of the per-model traits cache (a model's template never changes under its id).
+#: Application-settings key of the per-model traits cache (keyed by model id and configured template).
 TRAITS_KEY = "mr_notebook_model_traits"
 
 
@@ -86,13 +86,15 @@ def _read_traits(store: Store, name: str) -> ModelTraits:
 async def model_traits(ctx: ApiContext, settings: dict[str, Any], name: str) -> ModelTraits:
     """The traits of a stored model (ModelNotFound if absent), cached per model id."""
     record = await asyncio.to_thread(ctx.store.get, name)
-    cache: dict[str, ModelTraits] = settings.setdefault(TRAITS_KEY, {})
-    traits = cache.get(record.id)
+    cache: dict[tuple[str, str], ModelTraits] = settings.setdefault(TRAITS_KEY, {})
+    # A configured template replaces the file's without changing the model's id.
+    key = (record.id, str(record.settings.get("chat_template") or ""))
+    traits = cache.get(key)
     if traits is None:
         traits = await asyncio.to_thread(_read_traits, ctx.store, name)
         if len(cache) > 256:  # a bound, for a server that sees many models over its life
             cache.clear()
-        cache[record.id] = traits
+        cache[key] = traits
     return traits
 
 
