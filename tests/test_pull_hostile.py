@@ -12,6 +12,7 @@ import pytest
 from mr_notebook.errors import DigestMismatch, PullError
 from mr_notebook.store import Store
 from mr_notebook.store.pull import PullProgress, pull
+from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.lying_registry import Body, LyingRegistry, repeat
 
 MiB = 1024 * 1024
@@ -69,6 +70,17 @@ def test_a_layer_streamed_without_length_stops_at_the_declared_size(tmp_path: Pa
         result = pull(store, f"{registry.host}/ai/unframed:v1")
         assert body.done.wait(30)
     assert store.paths(result.record)[0].read_bytes() == model and body.sent < FLOOD // 2
+
+
+def test_a_hub_file_longer_than_its_metadata_is_cut_at_the_declared_size(tmp_path: Path, tiny_model: Path) -> None:
+    """huggingface_hub pushes bytes into the store's writer: the writer refuses the rest and stops it."""
+    store = Store(tmp_path)
+    with LocalHub() as hub:
+        hub.add_repo("test/liar-GGUF", {"liar-Q8_0.gguf": tiny_model}, flood={"liar-Q8_0.gguf": FLOOD})
+        result = pull(store, "hf.co/test/liar-GGUF:Q8_0", env={"HF_ENDPOINT": hub.url})
+        served = hub.served_bytes("liar-Q8_0.gguf")
+    assert store.paths(result.record)[0].read_bytes() == tiny_model.read_bytes()
+    assert served < FLOOD // 2, f"{served} bytes were read for a {tiny_model.stat().st_size}-byte file"
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "close-delimited"])

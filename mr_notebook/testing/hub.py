@@ -30,6 +30,7 @@ class HubRepo:
     sha: str
     token: str | None = None
     corrupt: set[str] = field(default_factory=set)
+    flood: dict[str, int] = field(default_factory=dict)  # file → zero bytes served after it (a lying host)
 
 
 class LocalHub:
@@ -64,14 +65,21 @@ class LocalHub:
         self.stop()
 
     def add_repo(
-        self, repo_id: str, files: dict[str, bytes | Path], *, token: str | None = None, corrupt: set[str] | None = None
+        self,
+        repo_id: str,
+        files: dict[str, bytes | Path],
+        *,
+        token: str | None = None,
+        corrupt: set[str] | None = None,
+        flood: dict[str, int] | None = None,
     ) -> HubRepo:
-        """Publish a repository (file path → content); ``corrupt`` files are served with a flipped byte."""
+        """Publish a repository (file path → content); ``corrupt`` files are served with a flipped byte,
+        ``flood`` files followed by that many more bytes than the metadata declares."""
         content = {name: data.read_bytes() if isinstance(data, Path) else data for name, data in files.items()}
         sha = hashlib.sha1(
             json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in content.items())).encode()
         ).hexdigest()
-        repo = HubRepo(repo_id, content, sha, token, set(corrupt or ()))
+        repo = HubRepo(repo_id, content, sha, token, set(corrupt or ()), dict(flood or {}))
         self.repos[repo_id.lower()] = repo
         return repo
 
@@ -229,6 +237,9 @@ class LocalHub:
                     status = 206
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 body = data[start : end + 1]
+                if filename in repo.flood:  # more than the size declared by the metadata and X-Linked-Size
+                    body += bytes(repo.flood[filename])
+                    headers.pop("Content-Range", None)
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
