@@ -104,6 +104,8 @@ class ModelMagics(Magics):
         store = Store(self.state.engine.status().get("store") or None)
         for item in import_models(store, args.source, args.models, link=not args.reference, name=args.name):
             _say(f"Imported {item.record.name} from {item.found.source} ({item.how}, nothing downloaded or copied).")
+            for note in item.found.notes:
+                _say(f"  note: {note}")
 
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
