@@ -18,7 +18,7 @@ from protocol_models import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, fill_
 
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
-from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess
+from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, wait_until
 
 from mr_notebook.testing.pull_fixtures import local_registry  # noqa: F401
 from mr_notebook.testing.registry import LocalRegistry
@@ -70,6 +70,12 @@ def test_root_version_tags_show(server: ServerProcess) -> None:
 
 def test_chat_whole_and_streamed(server: ServerProcess) -> None:
     c = client(server)
+    assert httpx.post(server.url + "engines/unload", json={"all": True}, timeout=30).status_code == 200
+    cold = c.chat(model=MODEL, messages=ASK, stream=False)
+    warm = c.chat(model=MODEL, messages=ASK, stream=False, keep_alive=0)
+    assert cold.load_duration and cold.load_duration > 0 and warm.load_duration == 0
+    # keep_alive 0: unloaded once answered
+    wait_until(lambda: MODEL not in {m.model for m in c.ps().models}, message="the model to unload")
     answer = c.chat(model=MODEL, messages=ASK, stream=False, options={"temperature": 0.3, "seed": 7})
     assert answer.message.role == "assistant" and answer.message.content == REPLY
     assert answer.done and answer.done_reason == "stop"

@@ -173,6 +173,8 @@ class _OllamaGeneration(OllamaHandler):
 
     #: The field the text goes in: ``message`` (chat) or ``response`` (generate).
     chat = True
+    #: Seconds this request spent loading the model (Ollama's load_duration).
+    load_seconds = 0.0
 
     def envelope(self, model: str, **fields: Any) -> dict[str, Any]:
         return {"model": model, "created_at": rfc3339(), **fields}
@@ -233,9 +235,9 @@ class _OllamaGeneration(OllamaHandler):
                         "done": True,
                         "done_reason": _done_reason(event.finish_reason),
                         "total_duration": ns(time.perf_counter() - self.started_at),
-                        "load_duration": 0,
+                        "load_duration": ns(self.load_seconds),
                         "prompt_eval_count": usage.prompt_tokens if usage else 0,
-                        "prompt_eval_duration": ns(first - self.started_at),
+                        "prompt_eval_duration": ns(first - self.started_at - self.load_seconds),
                         "eval_count": usage.completion_tokens if usage else 0,
                         "eval_duration": ns((timing.last or first) - first),
                     }
@@ -260,6 +262,17 @@ class _OllamaGeneration(OllamaHandler):
             await self.stream_error(exc)
         finally:
             await close_stream(stream)
+
+    async def load_first(self, model: str, keep_alive: float | None) -> None:
+        """Load the model apart from generating when it is not loaded yet, so load_duration is measured."""
+        runner = await self.ctx.ready_runner()
+        record = await asyncio.to_thread(self.ctx.store.get, model)
+        if any(status.id == record.id for status in runner.ps()):
+            return
+        started = time.perf_counter()
+        # keep_alive 0 applies when this request ends; loading with it would unload the model at once.
+        await runner.load(model, keep_alive=None if keep_alive == 0 else keep_alive)
+        self.load_seconds = time.perf_counter() - started
 
     def streaming(self, body: dict[str, Any]) -> bool:
         value = body.get("stream", True)  # Ollama streams unless told not to
@@ -289,6 +302,7 @@ class ChatHandler(_OllamaGeneration):
             model, openai, tools, "auto" if tools else "none", reasoning="drop" if think is False else "split"
         )
         params = engine_params(self.ctx, turn)
+        await self.load_first(model, params.keep_alive)
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(converted), params)
         await self.run_cancellable(self.answer(model, stream, turn, self.streaming(body)))
@@ -322,6 +336,7 @@ class GenerateHandler(_OllamaGeneration):
         think = body.get("think")
         turn = TurnRequest(model, openai_body(body, messages), reasoning="drop" if think is False else "split")
         params = engine_params(self.ctx, turn)
+        await self.load_first(model, params.keep_alive)
         if raw:
             text = await fill_in_the_middle(runner, model, prompt, suffix) if suffix else prompt
             stream = runner.complete(model, text, params)

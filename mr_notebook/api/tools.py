@@ -330,6 +330,9 @@ class Splitter:
             self.content_seen = self.content_seen or bool(text.strip())
 
     def feed(self, text: str) -> list[tuple[str, str]]:
+        if self.mode == "content" and not self.markers and not self.buffer:
+            self.content_seen = self.content_seen or bool(text.strip())
+            return [("content", text)] if text else []  # the common case, once per token
         out: list[tuple[str, str]] = []
         self.buffer += text
         while self.buffer:
