@@ -126,6 +126,11 @@ def sync(
             say(f"{model.name} is up to date ({model.digest[7:19]}).")
             continue
         ref = parse_ref(model.name)
+        if model.source.startswith("file:"):
+            raise LockError(
+                f"{model.name} was packaged from a local file ({model.source}), so it cannot be pulled: package "
+                f"that file again (`%model package --gguf PATH {model.name}`); its digest must be {model.digest}."
+            )
         if ref.is_huggingface:
             _sync_by_name(engine, model, progress)
         else:
