@@ -20,10 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from mr_notebook.store import Store
 from mr_notebook.testing.hub import LocalHub
+from mr_notebook.testing.markup import PAYLOAD
 from mr_notebook.testing.registry import free_port
 from mr_notebook.testing.tiny_model import TinyModelFactory
 
@@ -87,6 +88,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelF
     store.import_gguf(tiny_model_factory(never_stop=True, context_length=32768), "ai/forever")
     store.configure("ai/forever", context_size=32768)
     store.import_gguf(tiny_model_factory(reply="spare"), "ai/spare")
+    store.import_gguf(tiny_model_factory(reply=PAYLOAD), "ai/payload")  # a model that answers with XSS
     # No news toast over the notebook in screenshots.
     (config / "labconfig" / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
@@ -97,6 +99,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelF
                 'import mr_notebook\nw = mr_notebook.chat("ai/tiny")\nw',
                 f"print(w.messages[-1]['content'] == {REPLY!r}, w.engine.mode)",
                 "m = mr_notebook.manager()\nm",
+            ]
+        )
+    )
+    (root / "security.ipynb").write_text(
+        _notebook(
+            [
+                "%load_ext mr_notebook",
+                "%%chat -m ai/payload\nSay hi",
+                '%model run ai/payload "Say hi"',
+                'import mr_notebook\nw = mr_notebook.chat("ai/payload")\nw',
             ]
         )
     )
@@ -251,7 +263,7 @@ def test_chat_and_manager_in_jupyterlab(lab: Lab, page: Page) -> None:
     tiny = manager.locator('tr[data-model="ai/tiny:latest"]')
     expect(tiny.locator(".mrnb-state")).to_have_text("loaded")
     expect(manager.locator('tr[data-model="ai/forever:latest"] .mrnb-state')).to_have_text("loaded")
-    expect(manager.locator(".mrnb-totals")).to_contain_text("3 names")
+    expect(manager.locator(".mrnb-totals")).to_contain_text("4 names")
     manager.screenshot(path=str(ARTIFACTS / "model-manager.png"))
     tiny.locator('[data-action="unload"]').click()
     expect(tiny.locator(".mrnb-state")).to_have_text("stored")
@@ -263,7 +275,7 @@ def test_chat_and_manager_in_jupyterlab(lab: Lab, page: Page) -> None:
     expect(spare.locator(".mrnb-confirm")).to_have_text("Remove?")
     spare.locator('[data-action="confirm-remove"]').click()
     expect(spare).to_have_count(0)
-    expect(manager.locator(".mrnb-totals")).to_contain_text("2 names")
+    expect(manager.locator(".mrnb-totals")).to_contain_text("3 names")
 
     # --- Pull box: progress while it downloads, then the new row
     pull_box = manager.locator(".mrnb-pull input")
@@ -277,5 +289,53 @@ def test_chat_and_manager_in_jupyterlab(lab: Lab, page: Page) -> None:
     done = re.compile(r"hf.co/test/tiny-gguf:Q8_0 · [\d.]+ KiB at [\d.]+ KiB/s")
     expect(manager.locator(".mrnb-progress-text")).to_contain_text(done)
     expect(manager.locator(".mrnb-pull button", has_text="Cancel")).to_be_hidden()
-    expect(manager.locator(".mrnb-totals")).to_contain_text("3 names")
+    expect(manager.locator(".mrnb-totals")).to_contain_text("4 names")
     assert lab.hub.served_bytes("tiny-GGUF-Q8_0.gguf") > 0
+
+
+#: Elements the payload would create if it became markup.
+LIVE = "img, script, iframe, svg, object, embed, a[href^='javascript' i]"
+
+
+def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None:
+    """A model answering with XSS payloads (issue 10): %%chat, %model run "prompt" and the chat widget show
+    the text, formatted, and nothing in it runs (the outputs are trusted, as after running a cell)."""
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def nothing_ran(where: Locator) -> None:
+        # An image that failed to load, or a frame, runs its script within moments of being added.
+        page.wait_for_timeout(500)
+        assert (page.evaluate("() => window.__pwned ?? null"), dialogs) == (None, [])
+        assert where.locator(LIVE).count() == 0
+
+    # Its own workspace: the default one would also reopen the other test's notebook, with its cells.
+    page.goto(f"{lab.url}/lab/workspaces/security/tree/security.ipynb?token={lab.token}")
+    expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(4)
+    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible()
+    for index in (0, 1, 2):
+        cell = page.locator(".jp-Cell").nth(index)
+        run_cell(page, index)
+        expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))  # ran to the end
+        if index:
+            shown = cell.locator(".jp-OutputArea-output").last
+            nothing_ran(shown)
+            expect(shown.locator("strong")).to_have_text("bold")  # Markdown still rendered
+            expect(shown).to_contain_text('Hi <img src=x onerror="window.__pwned=1;alert(1)"> and bold')
+            expect(shown).to_contain_text("<script>window.__pwned=2;alert(2)</script>")
+            expect(shown).to_contain_text("[click me](javascript:window.__pwned=4)")
+    page.locator(".jp-Cell").nth(1).screenshot(path=str(ARTIFACTS / "chat-cell-payload.png"))
+
+    run_cell(page, 3)
+    chat = page.locator(".mrnb-chat")
+    box = chat.locator("textarea.mrnb-input")
+    box.fill("Say hi")
+    box.press("Enter")
+    expect(chat.locator(".mrnb-status")).to_contain_text("tokens")  # the reply is complete
+    nothing_ran(chat)
+    reply = chat.locator(".mrnb-assistant .mrnb-body").last
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(reply).to_contain_text('Hi <img src=x onerror="window.__pwned=1;alert(1)"> and bold')
+    expect(reply).to_contain_text('<svg onload="window.__pwned=5;alert(5)"></svg>')
+    chat.screenshot(path=str(ARTIFACTS / "chat-widget-payload.png"))
+    nothing_ran(page.locator(".jp-OutputArea-output"))
