@@ -14,8 +14,10 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from mr_notebook.testing.servers import LoopbackServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 GGUF_TYPE = "application/vnd.docker.ai.gguf.v3"
@@ -46,26 +48,12 @@ class Body:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class LyingRegistry:
+class LyingRegistry(LoopbackServer):
     """``with LyingRegistry() as registry:`` serve what :meth:`route` and :meth:`model` set up."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Body] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> LyingRegistry:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def route(self, path: str, body: Body) -> Body:
         self.routes[path] = body

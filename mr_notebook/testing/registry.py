@@ -17,15 +17,16 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+
+from mr_notebook.testing.servers import LoopbackServer
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 MODEL_CONFIG_TYPE = "application/vnd.docker.ai.model.config.v0.1+json"
@@ -217,7 +218,7 @@ class LocalRegistry:
         return self.push_manifest(repository, tag, manifest)
 
 
-class AuthProxy:
+class AuthProxy(LoopbackServer):
     """A reverse proxy in front of a registry: Docker token auth, throttling, one-shot 429s.
 
     ``users`` maps user → password for the token endpoint; with ``anonymous=True`` a token is given to
@@ -234,27 +235,7 @@ class AuthProxy:
         self.retry_after_once: float | None = None
         self.tokens: set[str] = set()
         self.log: list[tuple[str, str, int]] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> AuthProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> AuthProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
