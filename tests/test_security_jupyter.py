@@ -102,3 +102,20 @@ def test_oversized_body_is_refused_from_content_length(
             assert (await client.get(server_root + "mr/health")).json() == {"status": "ok"}
 
     jp_asyncio_loop.run_until_complete(run())
+
+
+def test_openapi_document_under_jupyter(
+    jp_serverapp: Any, server_root: str, jp_asyncio_loop: Any, jp_http_port: int, jp_base_url: str
+) -> None:
+    token = str(jp_serverapp.identity_provider.token)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=30) as anonymous:
+            refused = await anonymous.get(server_root + "mr/openapi.json")
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+            doc = (await client.get(server_root + "mr/openapi.json")).json()
+        assert refused.status_code == 403
+        assert doc["servers"] == [{"url": f"http://127.0.0.1:{jp_http_port}{jp_base_url}mr"}]
+        assert {"/v1/chat/completions", "/engines/{model}/v1/embeddings", "/models/{ref}/tag"} <= set(doc["paths"])
+
+    jp_asyncio_loop.run_until_complete(run())

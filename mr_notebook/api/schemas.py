@@ -184,7 +184,13 @@ STORED_MODEL: Schema = {
     "properties": {"id": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
 }
 
-SSE: Schema = {"type": "string", "description": "Server-Sent Events: `data: {chunk}` lines, then `data: [DONE]`."}
+#: One Server-Sent Event: ``data`` is a JSON chunk (an error body on failure), the last one is ``[DONE]``.
+SSE: Schema = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}},
+    "description": "Server-Sent Events: `data: {chunk}` lines, then `data: [DONE]`.",
+}
 NDJSON: Schema = {"type": "string", "description": "One JSON object per line (progress, then success or error)."}
 
 TAG_REQUEST: Schema = {
