@@ -58,7 +58,11 @@ def _forget_missing(store: Store) -> None:
     """Drop adoption records whose blob is gone."""
     folder = store.home / "external"
     for record in list(folder.glob("*.json")) if folder.is_dir() else []:
-        if not store.blob_path("sha256:" + record.stem).is_symlink() and not store.has_blob("sha256:" + record.stem):
+        try:
+            blob = store.blob_path("sha256:" + record.stem)
+        except StoreError:  # not a record of ours (its name is no digest)
+            continue
+        if not blob.is_symlink() and not blob.is_file():
             record.unlink(missing_ok=True)
 
 
