@@ -8,6 +8,7 @@ Imported by test_tools.py, test_ollama.py and test_anthropic.py (no tests of its
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from test_api_support import fill_store
 
@@ -105,3 +106,12 @@ def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
         store.import_gguf(factory(reply=reply, chat_template=template), name)
     store.import_gguf(factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), THINKER)
     return store
+
+
+def jupyter_config(home: Path, factory: TinyModelFactory) -> dict[str, Any]:
+    """pytest-jupyter's ``jp_server_config`` for a server whose extension serves these models."""
+    fill_protocol_store(home, factory)
+    return {
+        "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
+        "MrNotebook": {"home": str(home), "keep_alive": "2m"},
+    }

@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from protocol_models import GENERIC, HERMES, PARALLEL, THINKER, fill_protocol_store
+from protocol_models import GENERIC, HERMES, PARALLEL, THINKER, fill_protocol_store, jupyter_config
 
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
@@ -203,11 +203,7 @@ def test_x_api_key_on_a_keyed_server(home: Path) -> None:
 
 @pytest.fixture
 def jp_server_config(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> dict[str, Any]:
-    fill_protocol_store(tmp_path / "mr_home", tiny_model_factory)
-    return {
-        "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
-        "MrNotebook": {"home": str(tmp_path / "mr_home"), "keep_alive": "2m"},
-    }
+    return jupyter_config(tmp_path / "mr_home", tiny_model_factory)
 
 
 def test_anthropic_sdk_through_jupyter(

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from protocol_models import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, fill_protocol_store
+from protocol_models import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, fill_protocol_store, jupyter_config
 
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
@@ -266,11 +266,7 @@ def test_langchain_chat_ollama_with_a_tool(server: ServerProcess) -> None:
 
 @pytest.fixture
 def jp_server_config(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> dict[str, Any]:
-    fill_protocol_store(tmp_path / "mr_home", tiny_model_factory)
-    return {
-        "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
-        "MrNotebook": {"home": str(tmp_path / "mr_home"), "keep_alive": "2m"},
-    }
+    return jupyter_config(tmp_path / "mr_home", tiny_model_factory)
 
 
 def test_ollama_library_through_jupyter(

@@ -60,6 +60,14 @@ class AnthropicHandler(ApiHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         write_family_error(self, status_code, kwargs, anthropic_error)
 
+    def read_request(self) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+        """The body, its model and its messages in OpenAI's shape."""
+        body = self.json_body()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("model is required: a stored model name such as ai/smollm2.", "model")
+        return body, model, openai_messages(body)
+
 
 def _text(content: Any, where: str) -> str:
     """A string, or a list of text blocks, as one string."""
@@ -214,11 +222,7 @@ class MessagesHandler(AnthropicHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        body = self.json_body()
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("model is required: a stored model name such as ai/smollm2.", "model")
-        messages = openai_messages(body)
+        body, model, messages = self.read_request()
         turn = turn_from(body, model, messages)
         stops = stop_sequences(body)
         streaming = body.get("stream", False)
@@ -400,11 +404,7 @@ class CountTokensHandler(AnthropicHandler):
 
     @tornado.web.authenticated
     async def post(self) -> None:
-        body = self.json_body()
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequest("model is required: a stored model name such as ai/smollm2.", "model")
-        messages = openai_messages(body)
+        body, model, messages = self.read_request()
         turn = turn_from({**body, "max_tokens": 1}, model, messages)
         turn.choice = "auto" if turn.choice == "required" else turn.choice  # no grammar needed to count
         params = engine_params(self.ctx, turn)
