@@ -364,3 +364,21 @@ def test_completions_echo_and_suffix(server: ServerProcess) -> None:
     with pytest.raises(openai.BadRequestError) as fim:
         c.completions.create(model=MODEL, prompt="def f(", suffix="    return 1\n", max_tokens=8)
     assert "fill-in-the-middle" in str(fim.value) and fim.value.body["param"] == "suffix"  # type: ignore[index]
+
+
+def test_n_choices_each_with_their_own_calls_and_text(server: ServerProcess) -> None:
+    c = client(server)
+    plain = c.chat.completions.create(model=THINKER, messages=ASK, n=2)
+    assert [ch.index for ch in plain.choices] == [0, 1]
+    assert all(ch.message.content == "Hello there!" for ch in plain.choices)
+    assert all((ch.message.model_extra or {}).get("reasoning_content") == "The user greets me." for ch in plain.choices)
+    calls = c.chat.completions.create(model=HERMES, messages=ASK, tools=[WEATHER_TOOL], n=2)  # type: ignore[list-item]
+    assert [ch.finish_reason for ch in calls.choices] == ["tool_calls", "tool_calls"]
+    assert len({(ch.message.tool_calls or [])[0].id for ch in calls.choices}) == 2
+    chunks = list(c.chat.completions.create(model=PARALLEL, messages=ASK, tools=[WEATHER_TOOL], n=2, stream=True))  # type: ignore[list-item]
+    for index in (0, 1):
+        mine = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == index]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "tool_calls"
+        assert "".join(m.delta.content or "" for m in mine).strip() == "Checking."
+        deltas = [d for m in mine for d in (m.delta.tool_calls or [])]
+        assert [d.index for d in deltas if d.id] == [0, 1]

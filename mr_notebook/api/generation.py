@@ -243,36 +243,25 @@ class ChatCompletionsHandler(GenerationHandler):
             await tap.close()
 
     async def _whole_turn(self, model: str, events: AsyncIterator[TurnEvent]) -> None:
-        content: list[str] = []
-        reasoning: list[str] = []
-        calls: list[dict[str, Any]] = []
-        logprobs: list[dict[str, Any]] | None = None
-        done = TurnEvent("done")
+        answers: dict[int, _Answer] = {}
+        used = Usage()
         async for event in events:
+            if event.kind == "done":
+                used = event.usage or used
+                continue
+            answer = answers.setdefault(event.index, _Answer())
             if event.logprobs is not None:
-                logprobs = (logprobs or []) + event.logprobs
+                answer.logprobs = (answer.logprobs or []) + event.logprobs
             if event.kind == "content":
-                content.append(event.text)
+                answer.content.append(event.text)
             elif event.kind == "reasoning":
-                reasoning.append(event.text)
+                answer.reasoning.append(event.text)
             elif event.kind == "call" and event.call is not None:
-                calls.append(_call_json(event.call))
-            else:
-                done = event
-        text = "".join(content)
-        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
-        if reasoning:
-            message["reasoning_content"] = "".join(reasoning)
-        if calls:
-            message["tool_calls"] = calls
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": {"content": logprobs} if logprobs is not None else None,
-            "finish_reason": done.finish_reason,
-        }
-        used = done.usage or Usage()
-        self.write_json(self._envelope(model, self.object_name, [choice], usage=used.to_json()))
+                answer.calls.append(_call_json(event.call))
+            elif event.kind == "finish":
+                answer.finish_reason = event.finish_reason
+        choices = [answers[index].choice(index) for index in sorted(answers)]
+        self.write_json(self._envelope(model, self.object_name, choices, usage=used.to_json()))
 
     async def _stream_turn(self, model: str, tap: _Tap, events: AsyncIterator[TurnEvent], usage: bool) -> None:
         try:
@@ -283,9 +272,9 @@ class ChatCompletionsHandler(GenerationHandler):
         self.start_stream("text/event-stream")
         extra = {"usage": None} if usage else {}
 
-        def event(delta: dict[str, Any], finish_reason: str | None = None, **more: Any) -> str:
+        def event(delta: dict[str, Any], finish_reason: str | None = None, index: int = 0, **more: Any) -> str:
             choice = {
-                "index": 0,
+                "index": index,
                 "delta": delta,
                 "logprobs": more.pop("logprobs", None),
                 "finish_reason": finish_reason,
@@ -294,31 +283,37 @@ class ChatCompletionsHandler(GenerationHandler):
 
         # Text deltas are the hot path (one per token): render the envelope once, splice each text in.
         head, tail = event({"content": _SLOT}).split(_SLOT_JSON)
+        opened: set[int] = set()
+        calls_of: dict[int, int] = {}  # tool calls sent so far, per choice
         try:
-            self.write(f"data: {event({'role': 'assistant', 'content': ''})}\n\n")  # flushed with the first delta
-            index = 0
             current = first
             while current is not None:
-                if current.kind == "content" and current.logprobs:
-                    await self.send_event(event({"content": current.text}, logprobs={"content": current.logprobs}))
+                i = current.index
+                if current.kind != "done" and i not in opened:  # each choice opens with the role
+                    opened.add(i)
+                    self.write(f"data: {event({'role': 'assistant', 'content': ''}, index=i)}\n\n")
+                if current.kind == "content" and (current.logprobs or i):
+                    logprobs = {"content": current.logprobs} if current.logprobs else None
+                    await self.send_event(event({"content": current.text}, index=i, logprobs=logprobs))
                 elif current.kind == "content":
                     await self.send_event(head + json.dumps(current.text) + tail)
                 elif current.kind == "reasoning":
-                    await self.send_event(event({"reasoning_content": current.text}))
+                    await self.send_event(event({"reasoning_content": current.text}, index=i))
                 elif current.kind == "call" and current.call is not None:
                     # OpenAI's shape: the first chunk of a call names it, the next ones carry argument text.
-                    opening = {**_call_json(current.call), "index": index}
+                    n = calls_of.get(i, 0)
+                    opening = {**_call_json(current.call), "index": n}
                     opening["function"] = {"name": current.call.name, "arguments": ""}
-                    await self.send_event(event({"tool_calls": [opening]}))
-                    fragment = {"index": index, "function": {"arguments": current.call.arguments_json()}}
-                    await self.send_event(event({"tool_calls": [fragment]}))
-                    index += 1
-                else:
-                    await self.send_event(event({}, current.finish_reason))
-                    if usage:
-                        used = current.usage or Usage()
-                        choices_free = self._envelope(model, "chat.completion.chunk", [], usage=used.to_json())
-                        await self.send_event(json.dumps(choices_free))
+                    await self.send_event(event({"tool_calls": [opening]}, index=i))
+                    fragment = {"index": n, "function": {"arguments": current.call.arguments_json()}}
+                    await self.send_event(event({"tool_calls": [fragment]}, index=i))
+                    calls_of[i] = n + 1
+                elif current.kind == "finish":
+                    await self.send_event(event({}, current.finish_reason, index=i))
+                elif usage:  # done
+                    used = current.usage or Usage()
+                    choices_free = self._envelope(model, "chat.completion.chunk", [], usage=used.to_json())
+                    await self.send_event(json.dumps(choices_free))
                 try:
                     current = await events.__anext__()
                 except StopAsyncIteration:
@@ -328,6 +323,35 @@ class ChatCompletionsHandler(GenerationHandler):
             self.mark_client_gone()
         except MrNotebookError as exc:  # e.g. the worker crashed mid-stream: tell the client in the stream
             await self.stream_error(exc)
+
+
+class _Answer:
+    """One choice of a whole (not streamed) chat completion, as its events arrive."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] | None = None
+        self.finish_reason: str | None = None
+
+    def choice(self, index: int) -> dict[str, Any]:
+        text = "".join(self.content)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not self.calls else None,
+            "refusal": None,
+        }
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.calls:
+            message["tool_calls"] = self.calls
+        return {
+            "index": index,
+            "message": message,
+            "logprobs": {"content": self.logprobs} if self.logprobs is not None else None,
+            "finish_reason": self.finish_reason,
+        }
 
 
 def _call_json(call: ToolCall) -> dict[str, Any]:

@@ -228,7 +228,7 @@ class _OllamaGeneration(OllamaHandler):
                         await self.line(self.envelope(model, **fields, done=False))
                     else:
                         (content if event.kind == "content" else thinking).append(event.text)
-                else:
+                elif event.kind == "done":
                     usage = event.usage
                     first = timing.first or time.perf_counter()
                     stats = {

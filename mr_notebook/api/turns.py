@@ -187,7 +187,7 @@ def engine_params(ctx: ApiContext, turn: TurnRequest) -> GenerationParams:
 
 @dataclass
 class TurnEvent:
-    """``content`` / ``reasoning`` text, one ``call``, or the final ``done`` with finish reason and usage."""
+    """``content`` / ``reasoning`` text, one ``call``, a choice's ``finish``, or the final ``done`` (usage)."""
 
     kind: str
     text: str = ""
@@ -196,6 +196,8 @@ class TurnEvent:
     usage: Usage | None = None
     #: OpenAI ``logprobs.content`` entries of the tokens up to this event (when the request asked for them).
     logprobs: list[dict[str, Any]] | None = None
+    #: Which of the ``n`` choices this event belongs to.
+    index: int = 0
 
 
 @dataclass
@@ -207,53 +209,89 @@ class Timing:
     last: float | None = None
 
 
+class _Choice:
+    """One of the ``n`` answers of a turn: its splitter, its pending logprobs, whether it has ended."""
+
+    def __init__(self, index: int, turn: TurnRequest, traits: ModelTraits) -> None:
+        reasoning = turn.reasoning != "raw" and traits.thinks
+        self.index, self.turn, self.ended = index, turn, False
+        self.splitter = toolkit.Splitter(
+            family=traits.family if turn.tools and turn.choice != "none" else None,
+            tools=turn.tools,
+            reasoning=reasoning,
+            think_open=reasoning and traits.think_open,
+            json_calls=turn.choice == "required",
+        )
+        self.logprobs: list[dict[str, Any]] | None = None
+
+    def events(self, pieces: list[tuple[str, str]]) -> list[TurnEvent]:
+        out = []
+        for kind, text in pieces:
+            if kind == "content":
+                out.append(TurnEvent(kind, text, logprobs=self.logprobs, index=self.index))
+                self.logprobs = None
+            elif self.turn.reasoning == "split":
+                out.append(TurnEvent(kind, text, index=self.index))
+        return out
+
+    def end(self, finish: str | None) -> list[TurnEvent]:
+        """What was held back, the calls, then this choice's ``finish`` event."""
+        self.ended = True
+        pieces, calls = self.splitter.finish()
+        out = self.events(pieces)
+        if not self.turn.parallel and len(calls) > 1:
+            calls = calls[:1]  # parallel_tool_calls false: the client handles one call per turn
+        out += [TurnEvent("call", call=call, index=self.index) for call in calls]
+        reason = "tool_calls" if calls else finish
+        out.append(TurnEvent("finish", finish_reason=reason, logprobs=self.logprobs, index=self.index))
+        return out
+
+
 async def run_turn(
     stream: AsyncIterator[Chunk], turn: TurnRequest, traits: ModelTraits, timing: Timing | None = None
 ) -> AsyncIterator[TurnEvent]:
-    """Events of one turn from the engine's ``stream``; the caller closes ``stream`` (which cancels work)."""
-    reasoning = turn.reasoning != "raw" and traits.thinks
-    splitter = toolkit.Splitter(
-        family=traits.family if turn.tools and turn.choice != "none" else None,
-        tools=turn.tools,
-        reasoning=reasoning,
-        think_open=reasoning and traits.think_open,
-        json_calls=turn.choice == "required",
-    )
-    finish: str | None = None
-    usage = Usage()
-    logprobs: list[dict[str, Any]] | None = None
+    """Events of one turn from the engine's ``stream``; the caller closes ``stream`` (which cancels work).
 
-    def event(kind: str, text: str) -> TurnEvent:
-        nonlocal logprobs
-        if kind != "content":
-            return TurnEvent(kind, text)
-        attached, logprobs = logprobs, None
-        return TurnEvent(kind, text, logprobs=attached)
+    Per choice (``index``; several when the request asked for ``n`` > 1): content / reasoning / call events,
+    then one ``finish``. Last, one ``done`` with the usage and choice 0's finish reason.
+    """
+    choices: dict[int, _Choice] = {}
+    finishes: dict[int, str | None] = {}
+    usage = Usage()
+
+    def choice(index: int) -> _Choice:
+        if index not in choices:
+            choices[index] = _Choice(index, turn, traits)
+        return choices[index]
 
     async for chunk in stream:
         if timing is not None:
             now = time.perf_counter()
             timing.first = timing.first if timing.first is not None else now
             timing.last = now
+        current = choice(chunk.index)
         if chunk.logprobs:
-            logprobs = (logprobs or []) + chunk.logprobs
+            current.logprobs = (current.logprobs or []) + chunk.logprobs
         if chunk.text:
-            for kind, text in splitter.feed(chunk.text):
-                if kind == "content" or turn.reasoning == "split":
-                    yield event(kind, text)
-        if chunk.finish_reason is not None:
-            finish = chunk.finish_reason
+            for event in current.events(current.splitter.feed(chunk.text)):
+                yield event
+        if chunk.finish_reason is not None and chunk.usage is None and not current.ended:
+            ended = current.end(chunk.finish_reason)  # one of n > 1 choices ended
+            finishes[chunk.index] = ended[-1].finish_reason
+            for event in ended:
+                yield event
+        elif chunk.finish_reason is not None:
+            finishes[chunk.index] = chunk.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage
-    pieces, calls = splitter.finish()
-    for kind, text in pieces:
-        if kind == "content" or turn.reasoning == "split":
-            yield event(kind, text)
-    if not turn.parallel and len(calls) > 1:
-        calls = calls[:1]  # parallel_tool_calls false: the client handles one call per turn
-    for call in calls:
-        yield TurnEvent("call", call=call)
-    yield TurnEvent("done", finish_reason="tool_calls" if calls else finish, usage=usage, logprobs=logprobs)
+    choice(0)
+    for index in sorted(choices):
+        if not choices[index].ended:
+            ended = choices[index].end(finishes.get(index))
+            finishes[index] = ended[-1].finish_reason
+            for event in ended:
+                yield event
+    yield TurnEvent("done", finish_reason=finishes.get(0), usage=usage)
 
 
 async def close_stream(stream: Any) -> None:
