@@ -13,6 +13,8 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Prompt tokens reused from a cached prefix instead of evaluated (OpenAI's ``cached_tokens``).
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

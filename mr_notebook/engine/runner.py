@@ -11,12 +11,13 @@ import base64
 import logging
 import time
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from mr_notebook.engine import memory
 from mr_notebook.engine.handle import WorkerHandle
 from mr_notebook.engine.params import GenerationParams, normalize_messages
+from mr_notebook.engine.remote import RemoteEngines
 from mr_notebook.engine.results import Chunk, EmbeddingResult, ModelStatus, Usage
 from mr_notebook.errors import InsufficientMemory, InvalidRequest, ModelNotFound, QueueFull
 from mr_notebook.settings import EngineSettings, parse_duration
@@ -51,9 +52,13 @@ def check_tokens(handle: WorkerHandle, tokens: list[int], param: str) -> None:
 class Runner:
     """Loaded models (one worker process each), keep-alive timers and the memory budget."""
 
-    def __init__(self, store: Store, settings: EngineSettings | None = None) -> None:
+    def __init__(
+        self, store: Store, settings: EngineSettings | None = None, engines: Iterable[Mapping[str, Any]] = ()
+    ) -> None:
         self.store = store
         self.settings = settings if settings is not None else EngineSettings.from_env()
+        #: Remote engines (the store's engines.json plus ``engines``): models named ENGINE/<id> run there.
+        self.remote = RemoteEngines(store.home, engines)
         self._handles: dict[str, WorkerHandle] = {}
         self._load_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,11 +75,17 @@ class Runner:
         await asyncio.gather(*(self._shutdown(h) for h in list(self._handles.values())))
         for task in list(self._background):
             await task
+        await self.remote.close()
 
     # ------------------------------------------------------------------ operations
 
     async def chat(self, model: str, messages: list[dict[str, Any]], params: GenerationParams) -> AsyncIterator[Chunk]:
         """Stream a chat completion; errors before the first token raise from the first ``__anext__``."""
+        remote = self.remote.resolve(model)
+        if remote is not None:
+            async for chunk in self.remote.chat(*remote, messages, params):
+                yield chunk
+            return
         payload = {"messages": normalize_messages(messages), "params": params.to_wire()}
         async for chunk in self._generate("chat", model, payload, params):
             yield chunk
@@ -85,6 +96,11 @@ class Runner:
             isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
         ):
             raise InvalidRequest("prompt must be a string or a non-empty list of token ids.", "prompt")
+        remote = self.remote.resolve(model)
+        if remote is not None:
+            async for chunk in self.remote.complete(*remote, prompt, params):
+                yield chunk
+            return
         async for chunk in self._generate("complete", model, {"prompt": prompt, "params": params.to_wire()}, params):
             yield chunk
 
@@ -108,7 +124,11 @@ class Runner:
                     usage = message.get("usage") or {}
                     yield Chunk(
                         finish_reason=message.get("finish_reason") if params.n == 1 else None,
-                        usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
+                        usage=Usage(
+                            int(usage.get("prompt_tokens", 0)),
+                            int(usage.get("completion_tokens", 0)),
+                            int(usage.get("cached_tokens", 0)),
+                        ),
                     )
         finally:
             # Runs on aclose() and on task cancellation too: an unfinished request is cancelled in the worker.
@@ -134,6 +154,9 @@ class Runner:
                 "several requests.",
                 "input",
             )
+        remote = self.remote.resolve(model)
+        if remote is not None:
+            return await self.remote.embed(*remote, inputs)
         handle = await self._acquire(model, None, queued=True)
         pending = None
         try:
@@ -158,6 +181,7 @@ class Runner:
     async def tokenize(self, model: str, text: str) -> list[int]:
         if not isinstance(text, str):
             raise InvalidRequest("text must be a string.", "text")
+        self._local_only(model, "tokenize")
         handle = await self._acquire(model, None, queued=False)
         try:
             return list((await handle.call("tokenize", {"text": text}))["tokens"])
@@ -167,6 +191,7 @@ class Runner:
     async def detokenize(self, model: str, tokens: list[int]) -> str:
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise InvalidRequest("tokens must be a list of integers.", "tokens")
+        self._local_only(model, "detokenize")
         handle = await self._acquire(model, None, queued=False)
         try:
             check_tokens(handle, tokens, "tokens")
@@ -175,7 +200,12 @@ class Runner:
             self._release(handle)
 
     async def load(self, model: str, *, keep_alive: float | None = None) -> ModelStatus:
-        """Preload a model (its keep_alive timer starts at once)."""
+        """Preload a model (its keep_alive timer starts at once); a remote model is only looked up."""
+        remote = self.remote.resolve(model)
+        if remote is not None:
+            now = time.time()
+            engine = remote[0]
+            return ModelStatus(model, f"remote:{engine.name}", 0, 0, 0, 0.0, None, now, now, engine.in_flight, 0)
         handle = await self._acquire(model, keep_alive, queued=False)
         self._release(handle)
         return self._status(handle)
@@ -195,6 +225,15 @@ class Runner:
             chosen = [h for h in self._handles.values() if h.alive and (h.id in ids or h.name in ids)]
         await asyncio.gather(*(self._shutdown(h) for h in chosen))
         return len(chosen)
+
+    def _local_only(self, model: str, what: str) -> None:
+        remote = self.remote.resolve(model)
+        if remote is not None:
+            raise InvalidRequest(
+                f"Model {model} runs on the remote engine {remote[0].name}, whose OpenAI API has no {what}; "
+                "use a local model for it.",
+                "model",
+            )
 
     def ps(self) -> list[ModelStatus]:
         """Loaded models, most recently used first."""

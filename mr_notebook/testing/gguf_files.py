@@ -55,8 +55,11 @@ def _write_one(
         writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, number)
         writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, count)
         writer.add_int32(gguf.Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT, total)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
+    for name, value in tensors.items():
+        if isinstance(value, tuple):  # (bytes of a quantized tensor, its GGMLQuantizationType)
+            writer.add_tensor(name, value[0], raw_dtype=value[1])
+        else:
+            writer.add_tensor(name, value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -10,7 +10,11 @@ like any other llama model, but its weights are wired by hand so that:
   repeat, presence and frequency penalties;
 * with ``never_stop=True`` the reply repeats forever (for length/cancel tests);
 * with ``pooling`` set, it works as an embedding model whose vectors differ
-  between texts.
+  between texts;
+* with ``mixing=True`` the weights are random instead (attention and
+  feed-forward included), so each next token depends on the whole context:
+  greedy output is some deterministic text that changes with the prompt (for
+  tests that batching does not change results).
 
 How it works: the attention output and feed-forward down projections are zero,
 so the final hidden state equals the token embedding and the next token depends
@@ -28,6 +32,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -227,6 +232,32 @@ def _weights(
     return tensors
 
 
+def _q8(array: npt.NDArray[np.float64]) -> tuple[Any, gguf.GGMLQuantizationType]:
+    kind = gguf.GGMLQuantizationType.Q8_0
+    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), kind), kind
+
+
+def _mixing_weights(n_vocab: int, seed: int) -> dict[str, Any]:
+    """Random weights where attention matters, quantized like the models people run (Q8_0)."""
+    rng = np.random.default_rng(seed)
+    n_embd, ones = EMBEDDING_LENGTH, np.ones(EMBEDDING_LENGTH, dtype=np.float32)
+    tensors: dict[str, Any] = {
+        "token_embd.weight": _q8(rng.standard_normal((n_vocab, n_embd))),
+        "output_norm.weight": ones,
+        "output.weight": _q8(3.0 * rng.standard_normal((n_vocab, n_embd))),
+    }
+    for layer in range(BLOCK_COUNT):
+        prefix = f"blk.{layer}."
+        tensors[prefix + "attn_norm.weight"] = ones
+        tensors[prefix + "ffn_norm.weight"] = ones
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensors[prefix + name + ".weight"] = _q8(0.3 * rng.standard_normal((n_embd, n_embd)))
+        for name in ("ffn_gate", "ffn_up"):
+            tensors[prefix + name + ".weight"] = _q8(0.2 * rng.standard_normal((FEED_FORWARD_LENGTH, n_embd)))
+        tensors[prefix + "ffn_down.weight"] = _q8(0.2 * rng.standard_normal((n_embd, FEED_FORWARD_LENGTH)))
+    return tensors
+
+
 def build_tiny_model(
     path: str | os.PathLike[str],
     *,
@@ -238,6 +269,7 @@ def build_tiny_model(
     context_length: int = 512,
     chat_template: str | None = None,
     splits: int = 1,
+    mixing: bool = False,
 ) -> Path:
     """Write a tiny llama GGUF model to ``path`` (atomically) and return it.
 
@@ -260,7 +292,9 @@ def build_tiny_model(
     if context_length < 1:
         raise ValueError("context_length must be positive")
     tokens, types, scores = _vocabulary(pieces)
-    tensors = _weights(tokens, pieces, never_stop, seed)
+    tensors: dict[str, Any] = (
+        _mixing_weights(len(tokens), seed) if mixing else dict(_weights(tokens, pieces, never_stop, seed))
+    )
 
     def populate(writer: gguf.GGUFWriter) -> None:
         writer.add_name(name)
@@ -311,10 +345,12 @@ class TinyModelFactory:
         context_length: int = 512,
         chat_template: str | None = None,
         splits: int = 1,
+        mixing: bool = False,
     ) -> Path:
         options = (reply, never_stop, pooling, seed, name, context_length, chat_template)
         # One-file models keep their old key, so their file names do not change.
         key = repr(options if splits == 1 else (*options, splits))
+        key += ", mixing" if mixing else ""
         cached = self._cache.get(key)
         if cached is not None and cached.exists():
             return cached
@@ -330,6 +366,7 @@ class TinyModelFactory:
             context_length=context_length,
             chat_template=chat_template,
             splits=splits,
+            mixing=mixing,
         )
         self._cache[key] = path
         return path

@@ -79,6 +79,10 @@ def new_context(
     params.no_perf = True
     params.embeddings = embeddings
     params.pooling_type = pooling
+    # With flash attention (llama.cpp's "auto" turns it on for CPUs) a sequence's greedy output changed with
+    # what else shared its batch (2 of 8 prompts on a tiny random model); without it, it never did. Same-input
+    # same-output matters more here than FA's speed on long contexts; llama-cpp-python's Llama keeps it off too.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     mark = mark_log()
     ctx = llama_cpp.llama_init_from_model(model.model, params)
     if not ctx:

