@@ -108,11 +108,13 @@ class SafeMarkdown:
 MarkdownText = SafeMarkdown
 
 #: Only this much of a text is rendered as Markdown, the rest follows as plain text: bounds one render
-#: (markdown-it-py parses about 100,000 characters of ordinary Markdown in 0.4 s). The chat widget's
-#: markdown.js uses the same limits.
+#: (markdown-it-py renders 100,000 characters of ordinary Markdown in about 1.3 s, of the most costly input
+#: we know in about 5 s; bench/markdown.py). The chat widget's markdown.js uses the same limits.
 MARKDOWN_MAX_CHARS = 100_000
-#: markdown-it drops whatever nests deeper than this; such a text is shown as plain text instead.
-MARKDOWN_MAX_NESTING = 100
+#: markdown-it drops whatever nests deeper than this; such a text is shown as plain text instead. It also
+#: bounds how far each unclosed ``[`` is probed: at markdown-it's default of 100, 100,000 characters of
+#: ``[a`` took 25 s to render, at 20 (its CommonMark preset's value) 3.4 s. Real replies nest far less.
+MARKDOWN_MAX_NESTING = 20
 _TAGS = {
     *("p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li", "hr", "a"),
     *("h1", "h2", "h3", "h4", "h5", "h6", "table", "thead", "tbody", "tr", "th", "td"),

@@ -13,7 +13,7 @@
 // This file is concatenated after the vendored libraries (`markdownit`, `DOMPurify`) and before chat.js.
 
 const MD_MAX_CHARS = 100_000;
-const MD_MAX_NESTING = 100;
+const MD_MAX_NESTING = 20; // as in display.py, whose reasons (Python's cost) are the stricter
 const MD_TAGS = [
   "p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li", "h1", "h2", "h3", "h4",
   "h5", "h6", "hr", "a", "table", "thead", "tbody", "tr", "th", "td",
