@@ -60,6 +60,8 @@ function renderMarkdown(el, source) {
     ALLOWED_TAGS: MD_TAGS,
     ALLOWED_ATTR: MD_ATTRIBUTES,
     ALLOWED_URI_REGEXP: MD_LINK,
+    ALLOW_DATA_ATTR: false,
+    ALLOW_ARIA_ATTR: false,
     RETURN_DOM_FRAGMENT: true,
   });
   for (const link of fragment.querySelectorAll("a")) {
