@@ -171,12 +171,16 @@ def test_json_with_a_charset_is_accepted(server: ServerProcess) -> None:
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ("[" * 100_000, "nested too deeply"),
-        ('{"model": "x", "seed": ' + "9" * 5000 + "}", "5000 digits"),
+        ("[" * 100_000, "nested more than 64 levels"),
+        ('{"model": "x", "chat_template_kwargs": {"a": ' + "[" * 600 + "]" * 600 + "}}", "nested more than 64"),
+        ('{"model": "x", "response_format": ' + '{"a": ' * 65 + "1" + "}" * 66, "nested more than 64"),
+        ('{"model": "x", "seed": ' + "9" * 5000 + "}", "over 4300 digits"),
         ('{"model": "x", "max_tokens": ' + "1" * 30 + "}", "30 digits"),
         ('{"model": "x", "temperature": NaN}', "NaN is not valid JSON"),
         ('{"model": "x", "temperature": -Infinity}', "Infinity is not valid JSON"),
         ('{"model": "x", "temperature": 1e999}', "out of range"),
+        ('{"model": "x", "logit_bias": {"1": -1e400}}', "out of range"),
+        ('{"model": "x", "stop": [' + "[" * 63 + "]" * 63 + "]}", "nested more than 64"),
     ],
 )
 def test_hostile_json_is_a_400(server: ServerProcess, content: str, fragment: str) -> None:

@@ -16,6 +16,8 @@ import math
 import time
 from collections.abc import Coroutine, Mapping
 from http.client import responses
+from itertools import chain, compress, repeat
+from operator import is_
 from typing import Any, ClassVar
 
 import tornado.web
@@ -35,6 +37,9 @@ ALLOWED_ORIGINS_SETTING = "mr_notebook_allowed_origins"
 #: Integers longer than this are refused: no field of the API needs more than 64 bits, and Python refuses to
 #: parse over 4,300 digits with a ValueError that is no JSON error.
 MAX_INT_DIGITS = 20
+#: Deepest nesting of objects and arrays a body may have. Real requests (tool schemas, JSON schemas) stay far
+#: below; deeper ones would hit Python's recursion limit later (json.dumps to the worker, Jinja) as a 500.
+MAX_JSON_DEPTH = 64
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1", ""})
 
 _STATUS_CODES = {
@@ -65,33 +70,58 @@ def _no_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not valid JSON; send finite numbers.")
 
 
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS + 1 and len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise InvalidJSON(f"The body has an integer of {len(text.lstrip('-'))} digits; the limit is {MAX_INT_DIGITS}.")
-    return int(text)
+_INT_LIMIT = 10**MAX_INT_DIGITS
 
 
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise InvalidJSON(f"The number {text[:40]} is out of range; send finite numbers.")
-    return value
+def _check_shape(data: Any) -> None:
+    """InvalidJSON for nesting deeper than MAX_JSON_DEPTH, over-long integers, infinite floats.
+
+    Level by level with map/compress/chain, so the loops run in C: a Python walk over a parsed 16 MiB body (or
+    parse_int/parse_float hooks, called per number) costs seconds of the event loop.
+    """
+    level: list[Any] = [data]
+    for depth in range(MAX_JSON_DEPTH + 1):
+        types = list(map(type, level))
+        ints = list(compress(level, map(is_, types, repeat(int))))
+        if ints and (max(ints) >= _INT_LIMIT or min(ints) <= -_INT_LIMIT):
+            digits = max(len(str(abs(v))) for v in ints if abs(v) >= _INT_LIMIT)
+            raise InvalidJSON(f"The body has an integer of {digits} digits; the limit is {MAX_INT_DIGITS}.")
+        if not all(map(math.isfinite, compress(level, map(is_, types, repeat(float))))):
+            raise InvalidJSON("The body has a number out of range (e.g. 1e999); send finite numbers.")
+        lists = compress(level, map(is_, types, repeat(list)))
+        dicts = compress(level, map(is_, types, repeat(dict)))
+        level = list(chain(chain.from_iterable(lists), chain.from_iterable(map(dict.values, dicts))))
+        if not level:
+            return
+        if depth == MAX_JSON_DEPTH - 1 and any(map(_is_container, map(type, level))):
+            break
+    raise InvalidJSON(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep; flatten it.")
+
+
+_CONTAINERS = frozenset({list, dict})
+_is_container = _CONTAINERS.__contains__
 
 
 def parse_json(raw: bytes | bytearray) -> Any:
-    """Strict JSON: no NaN/Infinity, no over-long integers, nesting within Python's limit; else InvalidJSON."""
+    """Strict JSON: no NaN/Infinity, no over-long integers, bounded nesting; else InvalidJSON (400)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidJSON("The request body is not UTF-8 text; send a JSON object.") from None
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_int=_parse_int, parse_float=_parse_float)
+        data = json.loads(text, parse_constant=_no_constant)
+    except InvalidJSON:
+        raise
     except json.JSONDecodeError as exc:
         raise InvalidJSON(
             f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})."
         ) from None
     except RecursionError:
-        raise InvalidJSON("The request body is nested too deeply; flatten it.") from None
+        raise InvalidJSON(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep; flatten it.") from None
+    except ValueError:  # Python refuses integers over 4,300 digits
+        raise InvalidJSON(f"The body has an integer of over 4300 digits; the limit is {MAX_INT_DIGITS}.") from None
+    _check_shape(data)
+    return data
 
 
 def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
