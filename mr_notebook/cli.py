@@ -274,7 +274,13 @@ def cmd_configure(args: argparse.Namespace) -> int:
     keep_alive = None if args.keep_alive is None else parse_duration(args.keep_alive)
     engine = _engine(args)
     try:
-        model = engine.configure(args.model, context_size=args.context_size, keep_alive=keep_alive)
+        model = engine.configure(
+            args.model,
+            context_size=args.context_size,
+            keep_alive=keep_alive,
+            threads=args.threads,
+            parallel=args.parallel,
+        )
     finally:
         engine.close()
     print(f"Configured {normalize(args.model)}: {json.dumps(model.get('settings', {}))} (applies at the next load)")
@@ -376,10 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="unload every model")
     p = add("status", cmd_status, "Say which engine is in use and where")
     p.add_argument("--json", action="store_true")
-    p = add("configure", cmd_configure, "Set a model's context size or keep-alive (applies at the next load)")
+    p = add("configure", cmd_configure, "Set a model's context size, keep-alive, threads or parallel requests")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--context-size", type=int, metavar="N")
     p.add_argument("--keep-alive", metavar="DURATION", help="e.g. 30s, 5m, 1h, 0 (unload when idle), -1 (never)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of its worker (default: physical cores)")
+    p.add_argument("--parallel", type=int, metavar="N", help="requests it decodes at once (default 4)")
     p = add("sync", cmd_sync, "Pull exactly the models (name and digest) of a notebook's lock file")
     p.add_argument("path", nargs="?", default="mr-notebook.lock", metavar="PATH", help="default mr-notebook.lock")
     return parser

@@ -67,6 +67,19 @@ class MrNotebook(ExtensionApp):
         config=True,
     )
 
+    threads = Integer(
+        None,
+        allow_none=True,
+        help="CPU threads per model worker (default: MR_NOTEBOOK_THREADS, else the physical cores).",
+        config=True,
+    )
+    parallel = Integer(
+        None,
+        allow_none=True,
+        help="Requests each model decodes at once (default: MR_NOTEBOOK_PARALLEL or 4).",
+        config=True,
+    )
+
     _context: ApiContext | None = None
 
     def engine_settings(self) -> EngineSettings:
@@ -81,6 +94,10 @@ class MrNotebook(ExtensionApp):
             changes["keep_alive"] = parse_duration(self.keep_alive, param="MrNotebook.keep_alive")
         if self.max_queue is not None:
             changes["max_queue"] = self.max_queue
+        if self.threads is not None:
+            changes["threads"] = self.threads
+        if self.parallel is not None:
+            changes["parallel"] = self.parallel
         return dataclasses.replace(base, **changes)
 
     def initialize_settings(self) -> None:

@@ -124,6 +124,13 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         raise InvalidRequest(f"{name}={raw!r} is not an integer; unset it or give a number.", name) from None
 
 
+def _positive_env(env: Mapping[str, str], name: str) -> int | None:
+    value = _int_env(env, name, 0)
+    if value < 0 or value > 1024:
+        raise InvalidRequest(f"{name}={value} is out of range; give a number from 1 to 1024, or unset it.", name)
+    return value or None
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """What the Runner needs to know; hosts build it from env, traitlets or flags."""
@@ -136,6 +143,10 @@ class EngineSettings:
     max_queue: int = 64
     load_timeout: float = 300.0
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: CPU threads per worker; None: the physical cores this process may use.
+    threads: int | None = None
+    #: Sequences each worker decodes at once (continuous batching); None: 4.
+    parallel: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -147,4 +158,6 @@ class EngineSettings:
             max_models=_int_env(env, "MR_NOTEBOOK_MAX_MODELS", 4),
             keep_alive=parse_duration(keep_alive) if keep_alive else DEFAULT_KEEP_ALIVE,
             max_queue=_int_env(env, "MR_NOTEBOOK_MAX_QUEUE", 64),
+            threads=_positive_env(env, "MR_NOTEBOOK_THREADS"),
+            parallel=_positive_env(env, "MR_NOTEBOOK_PARALLEL"),
         )

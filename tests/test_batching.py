@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from mr_notebook.api.metrics import Metrics
 from mr_notebook.engine import GenerationParams, Runner, collect, collect_choices
 from mr_notebook.engine.handle import WorkerHandle
-from mr_notebook.engine.memory import Estimate
+from mr_notebook.engine.memory import Estimate, default_threads
 from mr_notebook.errors import InvalidRequest, WorkerCrashed
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
@@ -211,3 +213,35 @@ async def test_ps_and_stats_show_sequences(runner: Runner) -> None:
     for stream in streams:
         await stream.aclose()  # type: ignore[attr-defined]
     assert (await extra).usage.completion_tokens == 2
+
+
+async def test_threads_and_parallel_settings(store: Store) -> None:
+    assert EngineSettings.from_env({"MR_NOTEBOOK_THREADS": "3", "MR_NOTEBOOK_PARALLEL": "2"}).threads == 3
+    with pytest.raises(InvalidRequest):
+        EngineSettings.from_env({"MR_NOTEBOOK_PARALLEL": "-1"})
+    physical = psutil.cpu_count(logical=False) or 1
+    assert default_threads() == max(1, min(physical, len(os.sched_getaffinity(0))))
+    runner = Runner(store, EngineSettings(keep_alive=30, parallel=2))
+    try:
+        status = await runner.load("ai/tiny")
+        assert (status.threads, status.parallel) == (default_threads(), 2)
+        store.configure("ai/loop", threads=1, parallel=3)  # a model's own settings win over the global ones
+        status = await runner.load("ai/loop")
+        assert (status.threads, status.parallel) == (1, 3)
+        streams = [runner.chat("ai/loop", HI, params()) for _ in range(4)]
+        for stream in streams[:3]:
+            await stream.__anext__()
+        waiting = asyncio.create_task(streams[3].__anext__())  # type: ignore[arg-type]
+        await wait_until(lambda: runner.sequences()["ai/loop"]["queued"] == 1)
+        await wait_until(lambda: runner.sequences()["ai/loop"]["batch_fill"] > 0)
+        metrics = Metrics()
+        text = metrics.render(len(runner.ps()), runner.queue_depth, runner.sequences).decode()
+        assert 'mr_notebook_active_sequences{model="ai/loop"} 3.0' in text
+        assert 'mr_notebook_waiting_requests{model="ai/loop"} 1.0' in text
+        assert "mr_notebook_batch_fill" in text
+        for stream in streams[:3]:
+            await stream.aclose()  # type: ignore[attr-defined]
+        assert (await waiting).text
+        await streams[3].aclose()  # type: ignore[attr-defined]
+    finally:
+        await runner.close()

@@ -48,6 +48,24 @@ class Metrics:
         self.queue = Gauge(
             "mr_notebook_queue_depth", "Requests waiting or running per loaded model", ["model"], registry=self.registry
         )
+        self.sequences = Gauge(
+            "mr_notebook_active_sequences",
+            "Sequences being decoded per loaded model (continuous batching)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            "mr_notebook_waiting_requests",
+            "Requests waiting for a free sequence slot per loaded model",
+            ["model"],
+            registry=self.registry,
+        )
+        self.batch_fill = Gauge(
+            "mr_notebook_batch_fill",
+            "Share of the decode batch used lately per loaded model (0 to 1)",
+            ["model"],
+            registry=self.registry,
+        )
 
     def request(self, route: str, method: str, status: int) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -64,10 +82,21 @@ class Metrics:
             # The first token's time belongs to TTFT; the rate covers the tokens after it.
             self.rate.labels(model).observe((completion_tokens - 1) / duration)
 
-    def render(self, loaded: int, queue_depth: Callable[[], dict[str, int]]) -> bytes:
+    def render(
+        self,
+        loaded: int,
+        queue_depth: Callable[[], dict[str, int]],
+        sequences: Callable[[], dict[str, dict[str, float]]] | None = None,
+    ) -> bytes:
         """The Prometheus text exposition, with the live gauges refreshed first."""
         self.loaded.set(loaded)
         self.queue.clear()
         for model, depth in queue_depth().items():
             self.queue.labels(model).set(depth)
+        for gauge in (self.sequences, self.waiting, self.batch_fill):
+            gauge.clear()
+        for model, stats in (sequences() if sequences is not None else {}).items():
+            self.sequences.labels(model).set(stats["active"])
+            self.waiting.labels(model).set(stats["queued"])
+            self.batch_fill.labels(model).set(stats["batch_fill"])
         return generate_latest(self.registry)

@@ -309,6 +309,12 @@ class ConfigureHandler(ApiHandler):
             if not isinstance(keep_alive, str | int | float) or isinstance(keep_alive, bool):
                 raise InvalidRequest("keep_alive must be a duration like '5m', seconds, or -1.", "keep_alive")
             settings["keep_alive"] = parse_duration(keep_alive)
+        for key in ("threads", "parallel"):  # CPU threads and parallel sequences of the model's worker
+            value = body.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                    raise InvalidRequest(f"{key} must be an integer from 1 to 1024.", key)
+                settings[key] = value
         record = await asyncio.to_thread(self.ctx.store.configure, model, **settings)
         runner = await self.ctx.ready_runner()
         reload_now = [s.model for s in runner.ps() if s.id == record.id and s.in_flight == 0 and s.queued == 0]
@@ -339,7 +345,7 @@ class MetricsHandler(ApiHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         runner = await self.ctx.ready_runner()
-        text = self.ctx.metrics.render(len(runner.ps()), runner.queue_depth)
+        text = self.ctx.metrics.render(len(runner.ps()), runner.queue_depth, runner.sequences)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         # Flush before finishing: Jupyter's APIHandler.finish() would relabel the body as JSON.
         self.write(text)

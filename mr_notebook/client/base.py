@@ -194,7 +194,13 @@ class Engine(Protocol):
         """Unload the named models, or all with None; returns how many were unloaded."""
 
     def configure(
-        self, ref: str, *, context_size: int | None = None, keep_alive: float | None = None
+        self,
+        ref: str,
+        *,
+        context_size: int | None = None,
+        keep_alive: float | None = None,
+        threads: int | None = None,
+        parallel: int | None = None,
     ) -> dict[str, Any]:
         """Persist per-model settings (apply at the next load); returns the stored model."""
 

@@ -152,9 +152,16 @@ class LocalEngine:
         return self.store.df()
 
     def configure(
-        self, ref: str, *, context_size: int | None = None, keep_alive: float | None = None
+        self,
+        ref: str,
+        *,
+        context_size: int | None = None,
+        keep_alive: float | None = None,
+        threads: int | None = None,
+        parallel: int | None = None,
     ) -> dict[str, Any]:
-        settings = {k: v for k, v in (("context_size", context_size), ("keep_alive", keep_alive)) if v is not None}
+        given = {"context_size": context_size, "keep_alive": keep_alive, "threads": threads, "parallel": parallel}
+        settings = {k: v for k, v in given.items() if v is not None}
         return self.store.configure(ref, **settings).to_json()
 
     # ------------------------------------------------------------------ engine verbs

@@ -224,13 +224,16 @@ class RemoteEngine:
         return {k: int(v) for k, v in answer.items() if isinstance(v, int | float)}
 
     def configure(
-        self, ref: str, *, context_size: int | None = None, keep_alive: float | None = None
+        self,
+        ref: str,
+        *,
+        context_size: int | None = None,
+        keep_alive: float | None = None,
+        threads: int | None = None,
+        parallel: int | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": ref}
-        if context_size is not None:
-            body["context_size"] = context_size
-        if keep_alive is not None:
-            body["keep_alive"] = keep_alive
+        given = {"context_size": context_size, "keep_alive": keep_alive, "threads": threads, "parallel": parallel}
+        body: dict[str, Any] = {"model": ref, **{k: v for k, v in given.items() if v is not None}}
         self._request("POST", "engines/_configure", json=body)
         return self.inspect(ref)
 

@@ -243,6 +243,18 @@ class Runner:
     def queue_depth(self) -> dict[str, int]:
         return {h.name: h.queued for h in self._handles.values() if h.alive}
 
+    def sequences(self) -> dict[str, dict[str, float]]:
+        """Per loaded model: sequences decoding, requests waiting for a slot, recent batch fill (0 to 1)."""
+        return {
+            h.name: {
+                "active": float(len(h.running)),
+                "queued": float(h.queued),
+                "batch_fill": float(h.stats.get("batch_fill", 0.0)) if h.running else 0.0,
+            }
+            for h in self._handles.values()
+            if h.alive
+        }
+
     # ------------------------------------------------------------------ loading and lifecycle
 
     def _status(self, handle: WorkerHandle) -> ModelStatus:
@@ -333,15 +345,14 @@ class Runner:
             "n_ctx": n_ctx,
             "chat_template": template or None,
             "gpu_layers": record.settings.get("gpu_layers"),
-            "threads": int(record.settings.get("threads") or getattr(self.settings, "threads", None) or 0)
-            or memory.default_threads(),
+            "threads": int(record.settings.get("threads") or self.settings.threads or 0) or memory.default_threads(),
             "parallel": self._parallel(record),
             "pooling": record.hints.get("pooling"),
             "context_length": record.hints.get("context_length"),
         }
 
     def _parallel(self, record: ModelRecord) -> int:
-        return int(record.settings.get("parallel") or getattr(self.settings, "parallel", None) or DEFAULT_PARALLEL)
+        return int(record.settings.get("parallel") or self.settings.parallel or DEFAULT_PARALLEL)
 
     async def _load(self, name: str, record: ModelRecord) -> WorkerHandle:
         if self._load_lock is None:

@@ -144,11 +144,17 @@ class ModelMagics(Magics):
         return df_record(self.state.engine.df())
 
     def _verb_configure(self, args: Any) -> None:
-        if args.context_size is None and args.keep_alive is None:
+        if all(getattr(args, k) is None for k in ("context_size", "keep_alive", "threads", "parallel")):
             from IPython.core.error import UsageError
 
-            raise UsageError("%model configure: give --context-size N and/or --keep-alive D.")
-        model = self.state.engine.configure(args.ref, context_size=args.context_size, keep_alive=args.keep_alive)
+            raise UsageError("%model configure: give --context-size N, --keep-alive D, --threads N or --parallel N.")
+        model = self.state.engine.configure(
+            args.ref,
+            context_size=args.context_size,
+            keep_alive=args.keep_alive,
+            threads=args.threads,
+            parallel=args.parallel,
+        )
         settings = ", ".join(f"{k}={v}" for k, v in sorted((model.get("settings") or {}).items()))
         _say(f"Model {args.ref} configured ({settings}); applies at its next load.")
 

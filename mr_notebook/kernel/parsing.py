@@ -78,7 +78,7 @@ Manage and run local models, like `docker model`. Verbs:
   ps                           loaded models
   unload REF... | --all        unload (alias: stop)
   status                       which engine this kernel uses, and where
-  configure REF [--context-size N] [--keep-alive D]
+  configure REF [--context-size N] [--keep-alive D] [--threads N] [--parallel N]
   serve [--port N]             expose the in-kernel engine over HTTP
   lock [PATH] / sync [PATH]    pin the models this kernel used / pull exactly those (mr-notebook.lock)
   chat [REF] / ui              chat and model-manager widgets
@@ -142,6 +142,8 @@ def model_parser() -> MagicParser:
     configure.add_argument("ref", metavar="REF")
     configure.add_argument("--context-size", type=int, metavar="N")
     configure.add_argument("--keep-alive", type=_duration, metavar="D")
+    configure.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: physical cores)")
+    configure.add_argument("--parallel", type=int, metavar="N", help="requests decoded at once (default 4)")
     serve = verb("serve", "Expose the in-kernel engine over HTTP (OpenAI routes under /v1).")
     serve.add_argument("--port", type=int, default=0, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1")

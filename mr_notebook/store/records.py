@@ -13,7 +13,7 @@ LICENSE_MEDIA_TYPE = "application/vnd.docker.ai.license"
 MMPROJ_MEDIA_TYPE = "application/vnd.docker.ai.mmproj"
 
 #: Per-model settings a user may persist (applied at the next load).
-SETTING_KEYS = ("context_size", "keep_alive", "gpu_layers", "threads", "chat_template")
+SETTING_KEYS = ("context_size", "keep_alive", "gpu_layers", "threads", "parallel", "chat_template")
 
 
 @dataclass(frozen=True)

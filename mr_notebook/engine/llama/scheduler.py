@@ -55,7 +55,7 @@ class Scheduler:
     def __init__(self, model: Model, config: dict[str, Any], send: Send) -> None:
         self.model = model
         self.send = send
-        self.threads = int(config.get("threads") or 1)
+        self.threads = max(int(config.get("threads") or 1), 1)
         self.parallel = max(int(config.get("parallel") or 1), 1)
         n_ctx = int(config["n_ctx"])
         self.n_batch = max(min(int(config.get("n_batch") or 512), n_ctx), 32)
