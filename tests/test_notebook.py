@@ -49,9 +49,9 @@ def test_quickstart_runs_headless(
 
     chat = next(c for first, c in cells.items() if first.startswith("%%chat --system"))
     # Streamed as sanitised Markdown (HTML, never text/markdown) into one display, left as the final text.
-    assert [o.output_type for o in chat.outputs] == ["display_data"]
-    assert chat.outputs[0].data["text/plain"] == DEFAULT_REPLY
-    assert chat.outputs[0].data["text/html"] == f"<p>{DEFAULT_REPLY}</p>\n"
+    [reply] = [o for o in chat.outputs if o.output_type == "display_data"]
+    assert reply.data["text/plain"] == DEFAULT_REPLY
+    assert reply.data["text/html"] == f"<p>{DEFAULT_REPLY}</p>\n"
     assert "'completion_tokens'" in _outputs(cells["print(_chat.usage)"])
     assert _outputs(cells["print(_chat.usage)"]).endswith("5")  # system, user, assistant, user, assistant
     assert DEFAULT_REPLY in _outputs(cells["import mr_notebook"])
