@@ -62,14 +62,27 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    records = _store(args).list()
+    from mr_notebook.engine.remote.commands import remote_models
+
+    store = _store(args)
+    records = store.list()
+    remote = remote_models(store.home)  # NAME/<id> of each remote engine (asked now, a few seconds at most)
     if args.json:
-        print(json.dumps([_docker_json(r.to_json()) for r in records], indent=2))
+        print(json.dumps([_docker_json(r.to_json()) for r in records] + remote, indent=2))
     elif args.quiet:
         for record in records:
             print(record.short_id)
     else:
-        print(text_table(model_rows(r.to_json() for r in records), MODEL_COLUMNS))
+        rows = model_rows(r.to_json() for r in records)
+        rows += [{"MODEL NAME": m["tags"][0], "ARCHITECTURE": f"remote: {m['config']['engine']}"} for m in remote]
+        print(text_table(rows, MODEL_COLUMNS))
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    from mr_notebook.engine.remote.commands import engine_command
+
+    print(engine_command(_store(args).home, args.action, args.name, args.url, args.kind, args.api_key_env))
     return 0
 
 
@@ -92,7 +105,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    for line in _store(args).remove(args.names, force=args.force):
+    from mr_notebook.engine.remote import RemoteEngines
+
+    store = _store(args)
+    RemoteEngines(store.home).refuse(args.names, "rm")
+    for line in store.remove(args.names, force=args.force):
         print(line)
     return 0
 
@@ -338,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="Docker Model Runner's JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="only model IDs")
 
+    p = add("engine", cmd_engine, "Remote engines (vLLM, llama-server, Ollama, …): add NAME URL, ls, rm NAME")
+    p.add_argument("action", choices=("add", "ls", "rm"))
+    p.add_argument("name", nargs="?", metavar="NAME", help="the engine's name; its models are NAME/<model id>")
+    p.add_argument("url", nargs="?", metavar="URL", help="its OpenAI base URL, e.g. http://gpu-box:8000/v1")
+    p.add_argument("--kind", default="openai", choices=("openai", "ollama", "model-runner"))
+    p.add_argument("--api-key-env", metavar="VAR", help="the NAME of the environment variable holding its key")
+
     p = add("inspect", cmd_inspect, "Show a model's details as JSON")
     p.add_argument("names", nargs="+", metavar="MODEL")
 
@@ -370,7 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="web page origins allowed to call the API besides the server's own, comma-separated, '*' as a "
         "wildcard (default: $MR_NOTEBOOK_ORIGINS)",
     )
-
 
     p = add("run", cmd_run, "Load a model; answer PROMPT, or chat interactively")
     p.add_argument("model", metavar="MODEL")

@@ -170,3 +170,27 @@ class Cancelled(MrNotebookError):
     http_status = 499
     code = "cancelled"
     user_error = True
+
+
+class RemoteEngineError(MrNotebookError, ConnectionError):
+    """A remote engine (``mr-notebook engine add``) could not be reached or answered with an error.
+
+    The message names the engine; ``http_status`` is 502, or the engine's own 4xx when it refused the request.
+    """
+
+    http_status = 502
+    code = "remote_engine_error"
+    error_type = "server_error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None and 400 <= status < 500:
+            self.http_status = status
+            self.error_type = "invalid_request_error"
+
+
+class RemoteEngineTimeout(RemoteEngineError, TimeoutError):
+    """A remote engine sent nothing for longer than its timeout."""
+
+    http_status = 504
+    code = "remote_engine_timeout"

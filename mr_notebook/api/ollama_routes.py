@@ -266,6 +266,8 @@ class _OllamaGeneration(OllamaHandler):
     async def load_first(self, model: str, keep_alive: float | None) -> None:
         """Load the model apart from generating when it is not loaded yet, so load_duration is measured."""
         runner = await self.ctx.ready_runner()
+        if runner.remote.resolve(model) is not None:
+            return  # a remote engine's model (issue 15): that engine loads it
         record = await asyncio.to_thread(self.ctx.store.get, model)
         if any(status.id == record.id for status in runner.ps()):
             return

@@ -11,6 +11,7 @@ from typing import Any
 import tornado.web
 
 from mr_notebook.api.base import ApiHandler
+from mr_notebook.engine.remote.registry import is_engine_name
 from mr_notebook.errors import InvalidRequest
 from mr_notebook.store import parse_ref
 
@@ -27,6 +28,8 @@ def body_model(body: dict[str, Any], path_model: str | None) -> str:
         raise InvalidRequest("model is required: give a stored model name such as ai/smollm2.", "model")
     if not isinstance(model, str):
         raise InvalidRequest(f"model must be a string, not {type(model).__name__}.", "model")
+    if path_model and not model.startswith(f"{path_model}/") and is_engine_name(path_model):
+        return f"{path_model}/{model}"  # /engines/NAME/v1/…: the body names a model of remote engine NAME
     return model
 
 
@@ -116,8 +119,16 @@ class OpenAIModelsHandler(ApiHandler):
 
     @tornado.web.authenticated
     async def get(self, path_model: str | None = None) -> None:
+        runner = await self.ctx.ready_runner()
+        if path_model and runner.remote.is_engine(path_model):  # /engines/NAME/v1/models: that engine's own ids
+            found = await runner.remote.models(refresh=True)
+            data = [{**_model_object(m, 0), "owned_by": e.name} for e, m in found if e.name == path_model]
+            self.write_json({"object": "list", "data": data})
+            return
         records = await asyncio.to_thread(self.ctx.store.list)
         data = [_model_object(tag, r.created) for r in records for tag in r.tags]
+        # Remote engines' models as NAME/<id>, owned by their engine (lists older than a few seconds are asked).
+        data += [{**_model_object(f"{e.name}/{m}", 0), "owned_by": e.name} for e, m in await runner.remote.models()]
         self.write_json({"object": "list", "data": data})
 
 

@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 from mr_notebook import __version__
 from mr_notebook.api.base import ApiHandler, describe_error
 from mr_notebook.api.metrics import CONTENT_TYPE_LATEST
+from mr_notebook.engine.remote.registry import prometheus_text as remote_metrics
 from mr_notebook.errors import InvalidRequest, ModelInUse, MrNotebookError
 from mr_notebook.settings import parse_duration
 from mr_notebook.store import parse_ref
@@ -40,7 +41,12 @@ class ModelsHandler(ApiHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         records = await asyncio.to_thread(self.ctx.store.list)
-        self.write_json([r.to_json() for r in records])
+        runner = await self.ctx.ready_runner()
+        remote = [
+            {"id": f"remote:{e.name}/{m}", "tags": [f"{e.name}/{m}"], "created": 0, "config": {"engine": e.name}}
+            for e, m in await runner.remote.models()
+        ]
+        self.write_json([r.to_json() for r in records] + remote)
 
 
 class ModelHandler(ApiHandler):
@@ -56,8 +62,9 @@ class ModelHandler(ApiHandler):
     @tornado.web.authenticated
     async def delete(self, ref: str) -> None:
         store, force = self.ctx.store, _force(self)
-        record = await asyncio.to_thread(store.get, ref)
         runner = await self.ctx.ready_runner()
+        runner.remote.refuse([ref], "rm")
+        record = await asyncio.to_thread(store.get, ref)
         loaded = [s.model for s in runner.ps() if s.id == record.id]
         last_name = len(record.tags) <= 1 or ref.removeprefix("sha256:") in record.id
         if loaded and last_name:
@@ -228,6 +235,8 @@ class StatusHandler(ApiHandler):
                 "max_queue": runner.settings.max_queue,
                 # Kernels on the same machine use it for the verbs the API has no route for (package, prune).
                 "store": str(self.ctx.store.home),
+                # Remote engines (issue 15): health, latency of the last answer, requests in flight.
+                "engines": runner.remote.status(),
             }
         )
 
@@ -255,7 +264,28 @@ class PsHandler(ApiHandler):
                 }
             )
             rows.append(row)
+        rows += [_engine_row(engine) for engine in runner.remote.status() if engine["requests"]]
         self.write_json(rows)
+
+
+def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
+    """A remote engine as a ``ps`` row: NAME/* with its health and latency (no pid, memory or expiry here)."""
+    name = engine["name"]
+    return {
+        "model": f"{name}/*",
+        "model_name": f"{name}/*",
+        "id": f"remote:{name}",
+        "backend_name": "remote",
+        "pid": 0,
+        "memory": 0,
+        "context_size": 0,
+        "keep_alive": -1,
+        "expires_at": None,
+        "in_flight": engine["in_flight"],
+        "queued": engine["waiting"],
+        "in_use": engine["in_flight"] > 0,
+        "engine": engine,
+    }
 
 
 class DfHandler(ApiHandler):
@@ -298,6 +328,7 @@ class ConfigureHandler(ApiHandler):
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("model is required.", "model")
+        self.ctx.runner.remote.refuse([model], "configure")
         settings: dict[str, Any] = {}
         context_size = body.get("context_size", body.get("context-size"))
         if context_size is not None:
@@ -346,6 +377,8 @@ class MetricsHandler(ApiHandler):
     async def get(self) -> None:
         runner = await self.ctx.ready_runner()
         text = self.ctx.metrics.render(len(runner.ps()), runner.queue_depth, runner.sequences)
+        if runner.remote.engines():
+            text += remote_metrics(runner.remote.status())
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         # Flush before finishing: Jupyter's APIHandler.finish() would relabel the body as JSON.
         self.write(text)

@@ -83,8 +83,15 @@ def _read_traits(store: Store, name: str) -> ModelTraits:
     )
 
 
+#: A remote engine's model (H-remote): its engine applies the template; the engine's structured tool calls and
+#: reasoning come back as Hermes ``<tool_call>`` and ``<think>`` text (engine/remote/proxy.py) for the splitter.
+REMOTE_TRAITS = ModelTraits("", "hermes", True, False, True, "remote", 0, False)
+
+
 async def model_traits(ctx: ApiContext, settings: dict[str, Any], name: str) -> ModelTraits:
     """The traits of a stored model (ModelNotFound if absent), cached per model id."""
+    if ctx.runner.remote.resolve(name) is not None:
+        return REMOTE_TRAITS
     record = await asyncio.to_thread(ctx.store.get, name)
     cache: dict[tuple[str, str], ModelTraits] = settings.setdefault(TRAITS_KEY, {})
     # A configured template replaces the file's without changing the model's id.
