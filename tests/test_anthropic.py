@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
-from protocol_models import GENERIC, HERMES, PARALLEL, THINKER, fill_protocol_store, jupyter_config
 
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from test_api_support import MODEL, NEVER, REPLY, ServerProcess
+from test_protocol_support import GENERIC, HERMES, PARALLEL, THINKER, jupyter_config
 
 from mr_notebook.testing.tiny_model import TinyModelFactory
 
@@ -25,18 +24,12 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
-    path = tmp_path_factory.mktemp("anthropic_home")
-    fill_protocol_store(path, tiny_model_factory)
-    return path
+pytest_plugins = ["test_protocol_support"]  # protocol_home / protocol_server, shared by the protocol tests
 
 
-@pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(home)
-    yield process
-    process.stop()
+@pytest.fixture
+def server(protocol_server: ServerProcess) -> ServerProcess:
+    return protocol_server
 
 
 def client(server: ServerProcess, root: str = "anthropic") -> anthropic.Anthropic:
@@ -184,8 +177,8 @@ def test_errors_in_anthropic_shape(server: ServerProcess) -> None:
         assert word in error["error"]["message"], error
 
 
-def test_x_api_key_on_a_keyed_server(home: Path) -> None:
-    keyed = ServerProcess(home / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
+def test_x_api_key_on_a_keyed_server(tmp_path: Path) -> None:
+    keyed = ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
     try:
         wrong = anthropic.Anthropic(base_url=keyed.url, api_key="nope", max_retries=0, timeout=30)
         with pytest.raises(anthropic.AuthenticationError) as refused:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,11 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from protocol_models import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, fill_protocol_store, jupyter_config
 
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, wait_until
+from test_protocol_support import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, jupyter_config
 
 from mr_notebook.testing.pull_fixtures import local_registry  # noqa: F401
 from mr_notebook.testing.registry import LocalRegistry
@@ -27,18 +26,12 @@ from mr_notebook.testing.tiny_model import TinyModelFactory
 ASK = [{"role": "user", "content": "Hello?"}]
 
 
-@pytest.fixture(scope="module")
-def ollama_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
-    home = tmp_path_factory.mktemp("ollama_home")
-    fill_protocol_store(home, tiny_model_factory)
-    return home
+pytest_plugins = ["test_protocol_support"]  # protocol_home / protocol_server, shared by the protocol tests
 
 
-@pytest.fixture(scope="module")
-def server(ollama_home: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(ollama_home)
-    yield process
-    process.stop()
+@pytest.fixture
+def server(protocol_server: ServerProcess) -> ServerProcess:
+    return protocol_server
 
 
 def client(server: ServerProcess) -> ollama.Client:
@@ -233,8 +226,8 @@ def test_error_inside_a_stream_is_one_error_line(server: ServerProcess) -> None:
     assert all("error" not in line for line in rest[:-1])
 
 
-def test_bearer_key_on_a_keyed_server(ollama_home: Path) -> None:
-    keyed = ServerProcess(ollama_home / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
+def test_bearer_key_on_a_keyed_server(tmp_path: Path) -> None:
+    keyed = ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
     try:
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(host=keyed.url, timeout=30).list()

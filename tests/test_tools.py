@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from protocol_models import (
+from test_api_support import MODEL, REPLY, ServerProcess
+from test_protocol_support import (
     GENERIC,
     HERMES,
     HERMES_REPLY,
@@ -24,9 +23,7 @@ from protocol_models import (
     TIME_TOOL,
     TOOL_MODELS,
     WEATHER_TOOL,
-    fill_protocol_store,
 )
-from test_api_support import MODEL, REPLY, ServerProcess
 
 from mr_notebook.api.tools import (
     Splitter,
@@ -38,7 +35,7 @@ from mr_notebook.api.tools import (
     template_opens_think,
 )
 from mr_notebook.errors import InvalidRequest
-from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
 
 TOOLS = parse_tools([WEATHER_TOOL, TIME_TOOL])
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -149,13 +146,12 @@ def test_tool_choice_and_tools_validation() -> None:
 # ------------------------------------------------------------------------------------------------ over HTTP
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Iterator[ServerProcess]:
-    home: Path = tmp_path_factory.mktemp("tools_home")
-    fill_protocol_store(home, tiny_model_factory)
-    process = ServerProcess(home)
-    yield process
-    process.stop()
+pytest_plugins = ["test_protocol_support"]  # protocol_home / protocol_server, shared by the protocol tests
+
+
+@pytest.fixture
+def server(protocol_server: ServerProcess) -> ServerProcess:
+    return protocol_server
 
 
 def client(server: ServerProcess) -> openai.OpenAI:

@@ -2,15 +2,18 @@
 
 Each tiny model answers its fixed reply to any prompt; its chat template is what a real model of that family
 carries (enough of it for the family to be recognised, and to render tools when the engine passes them).
-Imported by test_tools.py, test_ollama.py and test_anthropic.py (no tests of its own).
+Imported by test_tools.py, test_ollama.py and test_anthropic.py (no tests of its own), which share one server
+through the session fixtures below (``pytest_plugins = ["test_protocol_support"]``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from test_api_support import fill_store
+import pytest
+from test_api_support import ServerProcess, fill_store
 
 from mr_notebook.store import Store
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
@@ -115,3 +118,18 @@ def jupyter_config(home: Path, factory: TinyModelFactory) -> dict[str, Any]:
         "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
         "MrNotebook": {"home": str(home), "keep_alive": "2m"},
     }
+
+
+@pytest.fixture(scope="session")
+def protocol_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
+    home = tmp_path_factory.mktemp("protocol_home")
+    fill_protocol_store(home, tiny_model_factory)
+    return home
+
+
+@pytest.fixture(scope="session")
+def protocol_server(protocol_home: Path) -> Iterator[ServerProcess]:
+    """One `serve()` for the three protocol test modules (each model loads once for all of them)."""
+    process = ServerProcess(protocol_home)
+    yield process
+    process.stop()
