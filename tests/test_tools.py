@@ -92,6 +92,16 @@ def test_plain_text_and_bad_calls_stay_content() -> None:
     assert Splitter(family=None).feed(HERMES_REPLY) == [("content", HERMES_REPLY)]
 
 
+def test_calls_whose_marker_is_a_hidden_control_token() -> None:
+    # Detokenizers may drop control tokens such as [TOOL_CALLS] and <|python_tag|>: the JSON after them still counts.
+    assert split('[{"name": "get_time", "arguments": {"city": "Oslo"}}]', "mistral", 3)[2] == [
+        ("get_time", {"city": "Oslo"})
+    ]
+    assert split('{"name": "get_time", "parameters": {"city": "Rome"}}', "llama3", 4)[2] == [
+        ("get_time", {"city": "Rome"})
+    ]
+
+
 def test_other_call_shapes() -> None:
     calls, rest = parse_calls('[TOOL_CALLS]get_time[ARGS]{"city": "Oslo"}', "mistral", TOOLS)
     assert [(c.name, c.arguments) for c in calls] == [("get_time", {"city": "Oslo"})] and rest == ""

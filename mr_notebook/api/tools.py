@@ -33,8 +33,9 @@ _MARKERS: dict[str, tuple[str, ...]] = {
     "mistral": ("[TOOL_CALLS]",),
     "generic": ("<tool_call>",),
 }
-#: Families whose calls may be a bare JSON reply (only when nothing else was said before it).
-_JSON_START = frozenset({"llama3", "generic"})
+#: Families whose calls may be a bare JSON reply (only when nothing else was said before it). Llama 3's
+#: <|python_tag|> and Mistral's [TOOL_CALLS] are control tokens, which a stream may not show.
+_JSON_START = frozenset({"llama3", "mistral", "generic"})
 
 
 def detect_family(template: str | None) -> str:
