@@ -369,3 +369,18 @@ def test_api_key_file_errors_say_what_to_do(
     assert "empty" in capsys.readouterr().err
     assert main(["serve", "--allowed-origins", "not an origin!"]) == 1
     assert "Invalid origin" in capsys.readouterr().err
+
+
+def test_strict_json_limits_are_exact() -> None:
+    from mr_notebook.api.jsonbody import MAX_JSON_DEPTH, InvalidJSON, parse_json
+
+    assert parse_json(("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH).encode()) is not None
+    with pytest.raises(InvalidJSON, match="nested"):
+        parse_json(("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)).encode())
+    deep_dicts = '{"a": ' * MAX_JSON_DEPTH + "1" + "}" * MAX_JSON_DEPTH
+    assert parse_json(deep_dicts.encode())
+    twenty_digits = b'{"seed": 18446744073709551615, "n": -99999999999999999999, "t": true, "s": "'
+    assert parse_json(twenty_digits + b"9" * 50 + b'"}')
+    with pytest.raises(InvalidJSON, match="21 digits"):
+        parse_json(b'{"a": [1, {"b": [100000000000000000000]}]}')
+    assert parse_json(b'{"x": 1.5e300, "y": [0.1, -2]}') == {"x": 1.5e300, "y": [0.1, -2]}

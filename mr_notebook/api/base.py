@@ -12,19 +12,17 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import time
 from collections.abc import Coroutine, Mapping
 from http.client import responses
-from itertools import chain, compress, repeat
-from operator import is_
 from typing import Any, ClassVar
 
 import tornado.web
 
 from mr_notebook.api.context import SETTINGS_KEY, ApiContext
+from mr_notebook.api.jsonbody import InvalidJSON, parse_json, require_json_content_type
 from mr_notebook.api.origins import BrowserCheck, check_browser_request, cors_headers
-from mr_notebook.errors import InvalidRequest, MrNotebookError
+from mr_notebook.errors import MrNotebookError
 
 log = logging.getLogger("mr_notebook.api")
 
@@ -34,12 +32,6 @@ API_KEY_SETTING = "mr_notebook_api_key"
 ALLOWED_HOSTS_SETTING = "mr_notebook_allowed_hosts"
 #: Application setting: Origin patterns (besides this server's own loopback origins) a standalone server accepts.
 ALLOWED_ORIGINS_SETTING = "mr_notebook_allowed_origins"
-#: Integers longer than this are refused: no field of the API needs more than 64 bits, and Python refuses to
-#: parse over 4,300 digits with a ValueError that is no JSON error.
-MAX_INT_DIGITS = 20
-#: Deepest nesting of objects and arrays a body may have. Real requests (tool schemas, JSON schemas) stay far
-#: below; deeper ones would hit Python's recursion limit later (json.dumps to the worker, Jinja) as a 500.
-MAX_JSON_DEPTH = 64
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1", ""})
 
 _STATUS_CODES = {
@@ -51,77 +43,6 @@ _STATUS_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
-
-
-class InvalidJSON(InvalidRequest):
-    """The request body is not valid JSON (or not a JSON object)."""
-
-    code = "invalid_json"
-
-
-class UnsupportedMediaType(InvalidRequest):
-    """A body sent without ``Content-Type: application/json`` (web pages can send text/plain cross-site)."""
-
-    http_status = 415
-    code = "unsupported_media_type"
-
-
-def _no_constant(name: str) -> Any:
-    raise InvalidJSON(f"{name} is not valid JSON; send finite numbers.")
-
-
-_INT_LIMIT = 10**MAX_INT_DIGITS
-
-
-def _check_shape(data: Any) -> None:
-    """InvalidJSON for nesting deeper than MAX_JSON_DEPTH, over-long integers, infinite floats.
-
-    Level by level with map/compress/chain, so the loops run in C: a Python walk over a parsed 16 MiB body (or
-    parse_int/parse_float hooks, called per number) costs seconds of the event loop.
-    """
-    level: list[Any] = [data]
-    for depth in range(MAX_JSON_DEPTH + 1):
-        types = list(map(type, level))
-        ints = list(compress(level, map(is_, types, repeat(int))))
-        if ints and (max(ints) >= _INT_LIMIT or min(ints) <= -_INT_LIMIT):
-            digits = max(len(str(abs(v))) for v in ints if abs(v) >= _INT_LIMIT)
-            raise InvalidJSON(f"The body has an integer of {digits} digits; the limit is {MAX_INT_DIGITS}.")
-        if not all(map(math.isfinite, compress(level, map(is_, types, repeat(float))))):
-            raise InvalidJSON("The body has a number out of range (e.g. 1e999); send finite numbers.")
-        lists = compress(level, map(is_, types, repeat(list)))
-        dicts = compress(level, map(is_, types, repeat(dict)))
-        level = list(chain(chain.from_iterable(lists), chain.from_iterable(map(dict.values, dicts))))
-        if not level:
-            return
-        if depth == MAX_JSON_DEPTH - 1 and any(map(_is_container, map(type, level))):
-            break
-    raise InvalidJSON(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep; flatten it.")
-
-
-_CONTAINERS = frozenset({list, dict})
-_is_container = _CONTAINERS.__contains__
-
-
-def parse_json(raw: bytes | bytearray) -> Any:
-    """Strict JSON: no NaN/Infinity, no over-long integers, bounded nesting; else InvalidJSON (400)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidJSON("The request body is not UTF-8 text; send a JSON object.") from None
-    try:
-        data = json.loads(text, parse_constant=_no_constant)
-    except InvalidJSON:
-        raise
-    except json.JSONDecodeError as exc:
-        raise InvalidJSON(
-            f"The request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})."
-        ) from None
-    except RecursionError:
-        raise InvalidJSON(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep; flatten it.") from None
-    except ValueError:  # Python refuses integers over 4,300 digits
-        raise InvalidJSON(f"The body has an integer of over 4300 digits; the limit is {MAX_INT_DIGITS}.") from None
-    _check_shape(data)
-    return data
 
 
 def error_body(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -209,14 +130,7 @@ class ApiHandler(tornado.web.RequestHandler):
         raw = self.request.body
         if not raw.strip():
             raise InvalidJSON("The request body is empty; send a JSON object.")
-        content_type = self.request.headers.get("Content-Type", "")
-        media = content_type.partition(";")[0].strip().lower()
-        if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
-            got = f"it was {content_type!r}" if content_type else "none was sent"
-            raise UnsupportedMediaType(
-                f"Send the body as JSON with the header `Content-Type: application/json` ({got}; "
-                "with curl: -H 'Content-Type: application/json')."
-            )
+        require_json_content_type(self.request.headers.get("Content-Type", ""))
         data = parse_json(raw)
         if not isinstance(data, dict):
             raise InvalidJSON(f"The request body must be a JSON object, not {type(data).__name__}.")
