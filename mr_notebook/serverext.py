@@ -17,7 +17,7 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Integer, Unicode
+from traitlets import Dict, Integer, List, Unicode
 
 from mr_notebook.api.app import make_app_handlers
 from mr_notebook.api.context import DEFAULT_MAX_BODY, SETTINGS_KEY, ApiContext, ApiLimits
@@ -80,6 +80,14 @@ class MrNotebook(ExtensionApp):
         config=True,
     )
 
+    engines = List(
+        Dict(),
+        help="Remote engines besides those of `mr-notebook engine add`, e.g. [{'name': 'gpu', 'url': "
+        "'http://gpu-box:8000/v1', 'api_key_env': 'VLLM_API_KEY'}]; their models are NAME/<model id>. Key "
+        "variables are taken out of the environment kernels inherit.",
+        config=True,
+    )
+
     _context: ApiContext | None = None
 
     def engine_settings(self) -> EngineSettings:
@@ -106,7 +114,11 @@ class MrNotebook(ExtensionApp):
 
         store = Store(self.home or None)
         limits = ApiLimits(max_body_size=self.max_body_size, max_tokens=self.max_tokens)
-        self._context = ApiContext(store, Runner(store, self.engine_settings()), limits, mode="jupyter")
+        runner = Runner(store, self.engine_settings(), self.engines)
+        moved = runner.remote.hide_keys()  # kernels inherit os.environ: remote keys stay in the server
+        if moved:
+            log.info("remote engine keys kept from kernels: %s", ", ".join(moved))
+        self._context = ApiContext(store, runner, limits, mode="jupyter")
         self.settings[SETTINGS_KEY] = self._context
         self.publish_environment()
         try:  # the port is final once the loop runs (port retries); kernels start after that

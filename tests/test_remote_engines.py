@@ -124,6 +124,9 @@ def test_chat_and_stream_through_our_endpoint(ours: ServerProcess) -> None:
 def test_listing_status_and_direct_engine_root(ours: ServerProcess) -> None:
     listed = {m.id: m.owned_by for m in sdk(ours).models.list()}
     assert listed.get("box/tiny") == "box"
+    assert sdk(ours).models.retrieve("box/tiny").owned_by == "box"
+    inspected = httpx.get(ours.url + "models/box/tiny", timeout=30).json()
+    assert inspected["id"] == "remote:box/tiny" and inspected["config"]["engine"] == "box"
     stored = httpx.get(ours.url + "models", timeout=30).json()
     assert any(m["tags"] == ["box/tiny"] and m["config"]["engine"] == "box" for m in stored)
     # /engines/box/v1 is that engine's own API: its own ids, no prefix needed.
@@ -345,3 +348,30 @@ def test_cli_add_ls_rm(store_home: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["engine", "rm", "vllm"]) == 0
     assert main(["engine", "rm", "vllm"]) == 1
     assert json.loads(config_path(store_home).read_text()) == {"engines": []}
+
+
+def test_chat_magic_in_a_kernel_reaches_the_remote_through_our_server(ours: ServerProcess, tmp_path: Path) -> None:
+    from jupyter_client.manager import KernelManager
+    from test_kernel import _clean_env, execute, text_of
+
+    env = _clean_env(tmp_path / "kernel-home")
+    env["MR_NOTEBOOK_URL"] = ours.url  # as the Jupyter extension sets it; the kernel's env has no BOX_KEY
+    assert "BOX_KEY" not in env
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply, messages = execute(kc, "%load_ext mr_notebook")
+        assert reply["status"] == "ok", text_of(messages)
+        reply, messages = execute(kc, "%%chat -m box/tiny\nSay hello")
+        assert reply["status"] == "ok", text_of(messages)
+        assert DEFAULT_REPLY in text_of(messages)
+        reply, messages = execute(kc, "%model engine ls")
+        shown = text_of(messages)
+        assert reply["status"] == "ok", shown
+        assert "box" in shown and "up" in shown and "box/tiny" in shown
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -139,6 +139,10 @@ class OpenAIModelHandler(ApiHandler):
 
     @tornado.web.authenticated
     async def get(self, path_model: str | None = None, ref: str = "") -> None:
+        remote = (await self.ctx.ready_runner()).remote.resolve(ref)
+        if remote is not None:
+            self.write_json({**_model_object(ref, 0), "owned_by": remote[0].name})
+            return
         record = await asyncio.to_thread(self.ctx.store.get, ref)
         try:
             name = str(parse_ref(ref))

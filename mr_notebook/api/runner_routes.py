@@ -56,6 +56,10 @@ class ModelHandler(ApiHandler):
 
     @tornado.web.authenticated
     async def get(self, ref: str) -> None:
+        remote = (await self.ctx.ready_runner()).remote.describe(ref)
+        if remote is not None:  # a remote engine's model (issue 15)
+            self.write_json(remote)
+            return
         record = await asyncio.to_thread(self.ctx.store.get, ref)
         self.write_json(record.to_json())
 

@@ -107,6 +107,20 @@ class ModelMagics(Magics):
             for note in item.found.notes:
                 _say(f"  note: {note}")
 
+    def _verb_engine(self, args: Any) -> None:
+        from mr_notebook.engine.remote.commands import engine_command, engine_table
+        from mr_notebook.store import Store
+
+        status = self.state.engine.status()
+        if args.action == "ls" and "engines" in status:
+            # Asked of the server, which holds the keys: the kernel never talks to the engines itself.
+            names = [tag for m in self.state.engine.list() if m.get("config", {}).get("engine") for tag in m["tags"]]
+            _say(engine_table(status["engines"], names))
+            return
+        # Engines live in the serving store's engines.json (the server re-reads it; keys stay there by name).
+        home = Store(status.get("store") or None).home
+        _say(engine_command(home, args.action, args.name, args.url, args.kind, args.api_key_env))
+
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
         if args.quiet:

@@ -67,6 +67,7 @@ Manage and run local models, like `docker model`. Verbs:
   pull REF                     pull from Docker Hub / an OCI registry / hf.co/ORG/REPO[:QUANT]
   package --gguf PATH NAME     add a local GGUF file as NAME
   import [--from SRC] [MODEL]  models Ollama/Hugging Face/Model Runner/LM Studio have (no copy); alone: list
+  engine add|ls|rm [NAME URL]  remote engines (vLLM, llama-server, Ollama…): their models are NAME/<id>
   list | ls                    stored models (models = %model list keeps the data)
   inspect REF                  one model's details
   tag SRC DST                  another name for a model
@@ -114,6 +115,12 @@ def model_parser() -> MagicParser:
     imports.add_argument("--name", help="the name for a single model")
     imports.add_argument("--reference", action="store_true", help="reference files even where a hard link works")
     imports.add_argument("--list", action="store_true", help="only list what SRC holds")
+    engine = verb("engine", "Remote engines (vLLM, llama-server, Ollama …): add NAME URL, ls, rm NAME.")
+    engine.add_argument("action", choices=("add", "ls", "rm"))
+    engine.add_argument("name", nargs="?", metavar="NAME", help="its models are NAME/<model id>")
+    engine.add_argument("url", nargs="?", metavar="URL", help="its OpenAI base URL, e.g. http://gpu-box:8000/v1")
+    engine.add_argument("--kind", default="openai", choices=("openai", "ollama", "model-runner"))
+    engine.add_argument("--api-key-env", metavar="VAR", help="NAME of the environment variable holding its key")
     listing = verb("list", "List stored models.", ("ls",))
     listing.add_argument("-q", "--quiet", action="store_true", help="only model IDs")
     listing.add_argument("--json", action="store_true", help="plain JSON data (no table)")

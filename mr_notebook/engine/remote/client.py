@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator
+from collections import ChainMap
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -49,8 +51,10 @@ def _error_message(response_text: str) -> str:
 class RemoteEngine:
     """Talks to one engine; lives as long as the Runner (its client is made on the serving loop)."""
 
-    def __init__(self, spec: EngineSpec) -> None:
+    def __init__(self, spec: EngineSpec, keys: Mapping[str, str] | None = None) -> None:
         self.spec = spec
+        #: Keys the host took out of the environment (see RemoteEngines.hide_keys); else os.environ is read.
+        self._keys = keys if keys is not None else {}
         self.models: list[str] = []
         self.models_at: float | None = None
         self.healthy: bool | None = None
@@ -154,7 +158,7 @@ class RemoteEngine:
 
     async def _send(self, client: httpx.AsyncClient, method: str, url: str, body: Any) -> httpx.Response:
         """Send with bounded retries of connect errors (nothing has reached the engine, so nothing repeats)."""
-        headers = self.spec.headers()
+        headers = self.spec.headers(ChainMap(dict(self._keys), dict(os.environ)))
         for attempt in range(CONNECT_ATTEMPTS):
             request = client.build_request(method, url, json=body, headers=headers)
             try:

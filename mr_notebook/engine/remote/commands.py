@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mr_notebook.engine.remote.config import EngineSpec, add_spec, remove_spec
 from mr_notebook.engine.remote.registry import RemoteEngines
 from mr_notebook.errors import InvalidRequest
 from mr_notebook.tables import text_table
+
+_T = TypeVar("_T")
+
+
+def _run(work: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``work`` to the end; on a thread of its own when this thread already runs a loop (a kernel does)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 async def _listing(home: Path, refresh: bool) -> tuple[RemoteEngines, list[tuple[str, str]]]:
@@ -25,7 +39,7 @@ def remote_models(home: Path) -> list[dict[str, Any]]:
     """Remote models as ``list --json`` rows (asks each engine, at most a few seconds; none: no request)."""
     if not RemoteEngines(home).engines():
         return []
-    _, found = asyncio.run(_listing(home, True))
+    _, found = _run(_listing(home, True))
     return [
         {"id": f"remote:{name}/{model}", "tags": [f"{name}/{model}"], "created": 0, "config": {"engine": name}}
         for name, model in found
@@ -49,10 +63,15 @@ def engine_command(
         return f"Engine {name} removed."
     if action != "ls":
         raise InvalidRequest(f"Unknown engine action {action!r}: use add, ls or rm.")
-    registry, found = asyncio.run(_listing(home, True))
+    registry, found = _run(_listing(home, True))
+    return engine_table(registry.status(), [f"{name}/{model}" for name, model in found])
+
+
+def engine_table(statuses: list[dict[str, Any]], models: list[str]) -> str:
+    """``engine ls``: each engine's address, health, latency and models (``models`` are NAME/<id>)."""
     rows = []
-    for status in registry.status():
-        models = [m for n, m in found if n == status["name"]]
+    for status in statuses:
+        mine = [m for m in models if m.startswith(f"{status['name']}/")]
         health = "up" if status["healthy"] else f"down: {status['last_error']}" if status["last_error"] else "?"
         latency = f"{status['latency'] * 1000:.0f} ms" if status["latency"] is not None else ""
         rows.append(
@@ -60,10 +79,9 @@ def engine_command(
                 "ENGINE": status["name"],
                 "URL": status["url"],
                 "KIND": status["kind"],
-                "KEY FROM": registry.engines()[status["name"]].spec.api_key_env or "",
                 "HEALTH": health[:80],
                 "LATENCY": latency,
-                "MODELS": ", ".join(f"{status['name']}/{m}" for m in models[:20]) + (" …" if len(models) > 20 else ""),
+                "MODELS": ", ".join(mine[:20]) + (" …" if len(mine) > 20 else ""),
             }
         )
-    return text_table(rows, ("ENGINE", "URL", "KIND", "KEY FROM", "HEALTH", "LATENCY", "MODELS"))
+    return text_table(rows, ("ENGINE", "URL", "KIND", "HEALTH", "LATENCY", "MODELS"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -48,6 +49,8 @@ class RemoteEngines:
         self._engines: dict[str, RemoteEngine] = {}
         self._stamp: tuple[int, int] | None = None
         self._loaded = False
+        #: Keys taken out of this process's environment by :meth:`hide_keys` (name of variable → key).
+        self._keys: dict[str, str] = {}
         _LIVE.add(self)
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -66,7 +69,7 @@ class RemoteEngines:
             for name, spec in specs.items():
                 old = self._engines.get(name)
                 # Keep a running engine (its client, counters, models) unless its spec changed.
-                engines[name] = old if old is not None and old.spec == spec else RemoteEngine(spec)
+                engines[name] = old if old is not None and old.spec == spec else RemoteEngine(spec, self._keys)
             self._engines, self._stamp, self._loaded = engines, stamp, True
         return self._engines
 
@@ -94,6 +97,35 @@ class RemoteEngines:
                     f"with `mr-notebook engine rm {engine.name}`.",
                     "model",
                 )
+
+    def describe(self, model: str) -> dict[str, Any] | None:
+        """``inspect`` of a remote model (None for a local one): no digest to pin, so the id names the engine."""
+        found = self.resolve(model)
+        if found is None:
+            return None
+        engine, remote_id = found
+        return {
+            "id": f"remote:{engine.name}/{remote_id}",
+            "tags": [f"{engine.name}/{remote_id}"],
+            "created": 0,
+            "config": {"engine": engine.name, "url": engine.spec.url, "kind": engine.spec.kind, "remote_id": remote_id},
+            # Requests the engine takes at once from us: what batch helpers (map, %%chat -n) may send together.
+            "settings": {"parallel": engine.spec.max_concurrency},
+        }
+
+    def hide_keys(self) -> list[str]:
+        """Move the engines' key variables out of ``os.environ`` into this registry.
+
+        Jupyter's kernels inherit the server's environment; taking the keys out keeps them in the server only
+        (a kernel reaches the engine through our endpoint with the server's token). Returns the names moved.
+        """
+        moved = []
+        for engine in self.engines().values():
+            name = engine.spec.api_key_env
+            if name and name in os.environ:
+                self._keys[name] = os.environ.pop(name)
+                moved.append(name)
+        return moved
 
     def is_engine(self, name: str | None) -> bool:
         return bool(name) and name in self.engines()
