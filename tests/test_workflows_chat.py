@@ -114,6 +114,17 @@ def test_n_samples_use_different_seeds(ip: InteractiveShell) -> None:
     assert result.success
     replies = ip.user_ns["_chat"]
     assert [r.provenance["seed"] for r in replies] == [7, 8, 9] and all(str(r) == DEFAULT_REPLY for r in replies)
+    # One request with n = 3 (one prompt evaluation, forked by the engine), not three requests.
+    assert [r.provenance["params"]["n"] for r in replies] == [3, 3, 3]
+    assert all(r.usage["completion_tokens"] > 0 for r in replies)
+
+
+def test_n_beyond_the_models_parallel_setting_sends_separate_requests(ip: InteractiveShell) -> None:
+    result, _ = run(ip, "%%chat -m ai/tiny -n 5 --seed 1\nOne fact")
+    assert result.success
+    replies = ip.user_ns["_chat"]
+    assert [r.provenance["seed"] for r in replies] == [1, 2, 3, 4, 5]
+    assert all("n" not in r.provenance["params"] for r in replies)
 
 
 def test_logprobs_view_is_escaped(ip: InteractiveShell) -> None:

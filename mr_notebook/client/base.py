@@ -28,6 +28,8 @@ Messages = list[dict[str, Any]]
 Lines = list[str]
 #: Embedding vectors.
 Vectors = list[list[float]]
+#: The streams of ``chat_choices`` (one per choice).
+Streams = list["ChatStream"]
 
 #: Progress callback of :meth:`Engine.pull`; called from the pulling thread.
 ProgressCallback = Callable[["PullProgress"], None]
@@ -137,6 +139,55 @@ class ChatStream(Iterator[str]):
         self.close()
 
 
+class Choices:
+    """The ``n`` streams of one request with ``n`` > 1 (one prompt evaluation, forked): the producer sends each
+    delta to its choice's stream; all end with the request. Closing any of them cancels the request."""
+
+    def __init__(self, model: str, n: int) -> None:
+        self.streams = [ChatStream(model) for _ in range(n)]
+        self._finish_reasons: dict[int, str] = {}
+        self._deltas = [0] * n
+
+    def emit(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+        if 0 <= index < len(self.streams):
+            self._deltas[index] += 1
+            self.streams[index]._emit(text, logprobs)
+
+    def choice_done(self, index: int, finish_reason: str | None) -> None:
+        if finish_reason is not None:
+            self._finish_reasons[index] = finish_reason
+
+    def finish(self, usage: dict[str, int] | None) -> None:
+        """End every stream. Usage counts the request: a stream gets its own delta count (≈ its tokens)."""
+        for index, stream in enumerate(self.streams):
+            own = {"completion_tokens": self._deltas[index]}
+            if usage and "prompt_tokens" in usage:
+                own["prompt_tokens"] = usage["prompt_tokens"]
+            stream._finish(self._finish_reasons.get(index), own)
+
+    def fail(self, error: BaseException) -> None:
+        for stream in self.streams:
+            stream._fail(error)
+
+    @property
+    def closed(self) -> bool:
+        return any(stream.closed for stream in self.streams)
+
+    def set_canceller(self, cancel: Callable[[], None]) -> None:
+        def closer(own: ChatStream) -> Callable[[], None]:
+            def close_all() -> None:
+                if own._finished:  # read to its end (a `with` block leaving): the other choices go on
+                    return
+                cancel()
+                for stream in self.streams:
+                    stream.close()
+
+            return close_all
+
+        for stream in self.streams:
+            stream._set_canceller(closer(stream))
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One model engine, reached over HTTP or living in this process. All methods are blocking.
@@ -210,6 +261,9 @@ class Engine(Protocol):
     def chat_stream(self, model: str, messages: Messages, **params: Any) -> ChatStream:
         """Start a chat completion; ``params`` are OpenAI body fields (temperature, max_tokens, seed,
         stop, response_format …). Errors that happen before the first token raise on first ``next``."""
+
+    def chat_choices(self, model: str, messages: Messages, n: int, **params: Any) -> Streams:
+        """``n`` answers from one request (``n`` in the body: one prompt evaluation, forked); one stream each."""
 
     def embed(self, model: str, inputs: Lines) -> Vectors:
         """One vector per input."""

@@ -13,7 +13,17 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mr_notebook.client.base import ChatStream, Lines, Messages, ProgressCallback, PullSummary, Rows, Vectors
+from mr_notebook.client.base import (
+    ChatStream,
+    Choices,
+    Lines,
+    Messages,
+    ProgressCallback,
+    PullSummary,
+    Rows,
+    Streams,
+    Vectors,
+)
 from mr_notebook.errors import ModelInUse, MrNotebookError
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store, format_bytes
@@ -223,6 +233,39 @@ class LocalEngine:
 
         stream._set_canceller(cancel)
         return stream
+
+    def chat_choices(self, model: str, messages: Messages, n: int, **params: Any) -> Streams:
+        from mr_notebook.engine import GenerationParams
+
+        generation = GenerationParams.from_request({**params, "n": n})
+        sync = self.runner
+        choices = Choices(model, n)
+
+        async def produce() -> None:
+            agen = sync.runner.chat(model, messages, generation)
+            usage = None
+            try:
+                async for chunk in agen:
+                    if chunk.text or chunk.logprobs:
+                        choices.emit(chunk.index, chunk.text, chunk.logprobs)
+                    choices.choice_done(chunk.index, chunk.finish_reason)
+                    if chunk.usage is not None:
+                        usage = chunk.usage.to_json()
+                choices.finish(usage)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the consumer threads, which raise it
+                choices.fail(exc)
+            finally:
+                await agen.aclose()  # type: ignore[attr-defined]
+
+        future = asyncio.run_coroutine_threadsafe(produce(), sync.loop)
+
+        def cancel() -> None:
+            future.cancel()
+
+        choices.set_canceller(cancel)
+        return choices.streams
 
     def embed(self, model: str, inputs: Lines) -> Vectors:
         result = self.runner.embed(model, inputs)

@@ -11,7 +11,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -20,11 +20,13 @@ import httpx
 
 from mr_notebook.client.base import (
     ChatStream,
+    Choices,
     Lines,
     Messages,
     ProgressCallback,
     PullSummary,
     Rows,
+    Streams,
     Vectors,
     error_for_code,
 )
@@ -268,6 +270,42 @@ class RemoteEngine:
         return status
 
     def chat_stream(self, model: str, messages: Messages, **params: Any) -> ChatStream:
+        stream = ChatStream(model)
+
+        def read(response: httpx.Response) -> None:
+            if not stream.closed:
+                self._read_sse(response, stream)
+
+        def fail(exc: BaseException) -> None:
+            if not stream.closed:
+                stream._fail(exc)
+
+        stream._set_canceller(self._post_stream(model, messages, params, read, fail))
+        return stream
+
+    def chat_choices(self, model: str, messages: Messages, n: int, **params: Any) -> Streams:
+        choices = Choices(model, n)
+
+        def read(response: httpx.Response) -> None:
+            if not choices.closed:
+                self._read_sse(response, choices)
+
+        def fail(exc: BaseException) -> None:
+            if not choices.closed:
+                choices.fail(exc)
+
+        choices.set_canceller(self._post_stream(model, messages, {**params, "n": n}, read, fail))
+        return choices.streams
+
+    def _post_stream(
+        self,
+        model: str,
+        messages: Messages,
+        params: dict[str, Any],
+        read: Callable[[httpx.Response], None],
+        fail: Callable[[BaseException], None],
+    ) -> Callable[[], None]:
+        """Start a streamed chat completion in a thread; returns what cancels it."""
         body = {
             **params,
             "model": model,
@@ -275,7 +313,6 @@ class RemoteEngine:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        stream = ChatStream(model)
         held: dict[str, socket.socket] = {}
 
         def cancel() -> None:
@@ -296,24 +333,22 @@ class RemoteEngine:
                     if isinstance(sock, socket.socket):
                         held["socket"] = sock
                     try:
-                        if not stream.closed:
-                            self._read_sse(response, stream)
+                        read(response)
                     finally:
                         # The connection may go back to the pool now: a later close() must not touch it.
                         held.pop("socket", None)
             except BaseException as exc:  # handed to the consumer thread, which raises it
-                if not stream.closed:
-                    stream._fail(exc if isinstance(exc, MrNotebookError) else self._unreachable(exc))
+                fail(exc if isinstance(exc, MrNotebookError) else self._unreachable(exc))
 
-        stream._set_canceller(cancel)
         threading.Thread(target=produce, name=f"mr-notebook-chat-{model}", daemon=True).start()
-        return stream
+        return cancel
 
-    def _read_sse(self, response: httpx.Response, stream: ChatStream) -> None:
+    def _read_sse(self, response: httpx.Response, sink: ChatStream | Choices) -> None:
+        """Server-sent events into one stream, or into ``n`` choices by ``choices[].index``."""
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
         for line in response.iter_lines():
-            if stream.closed:
+            if sink.closed:
                 return
             if not line.startswith("data:"):
                 continue
@@ -329,11 +364,20 @@ class RemoteEngine:
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content")
                 logprobs = (choice.get("logprobs") or {}).get("content")
+                index = int(choice.get("index") or 0)
+                if isinstance(sink, Choices):
+                    if text or logprobs:
+                        sink.emit(index, text or "", logprobs)
+                    sink.choice_done(index, choice.get("finish_reason"))
+                    continue
                 if text or logprobs:
-                    stream._emit(text or "", logprobs)
+                    sink._emit(text or "", logprobs)
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
-        stream._finish(finish_reason, usage)
+        if isinstance(sink, Choices):
+            sink.finish(usage)
+        else:
+            sink._finish(finish_reason, usage)
 
     def embed(self, model: str, inputs: Lines) -> Vectors:
         answer = self._request("POST", "v1/embeddings", json={"model": model, "input": inputs})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -225,6 +227,32 @@ def _after_reply(shell: Any, args: Any, reply: ChatReply, used: list[str]) -> No
         _say(f"(Prompt: {reply.usage['prompt_tokens']:,} tokens, with {', '.join('{' + u + '}' for u in used)}.)")
 
 
+def _parallel(engine: Any, model: str) -> int:
+    """How many sequences the model serves at once (``n`` may not exceed it)."""
+    from mr_notebook.workflows.map import model_parallel
+
+    return model_parallel(engine, model, engine.inspect(model))
+
+
+def _forked(
+    engine: Any, model: str, messages: list[dict[str, Any]], params: dict[str, Any], n: int
+) -> Callable[[int], Callable[[], Any]]:
+    """Openers of the ``n`` choices of ONE request (one prompt evaluation, forked): the first opens it."""
+    opened: list[Any] = []
+    lock = threading.Lock()
+
+    def opener(index: int) -> Callable[[], Any]:
+        def open_choice() -> Any:
+            with lock:
+                if not opened:
+                    opened.extend(engine.chat_choices(model, messages, n, **params))
+            return opened[index]
+
+        return open_choice
+
+    return opener
+
+
 def _compare(shell: Any, state: KernelState, args: Any, models: list[str], user: str, params: dict[str, Any]) -> None:
     """``--models a,b`` × ``-n N``: every reply side by side; ``_chat`` is the list of replies."""
     from mr_notebook.kernel.compare import Run, run_all
@@ -237,14 +265,15 @@ def _compare(shell: Any, state: KernelState, args: Any, models: list[str], user:
     base_seed = args.seed if args.seed is not None else random.randrange(2**31)
     runs = []
     for model in models:
+        forked = args.n > 1 and args.n <= _parallel(engine, model)
+        opener = _forked(engine, model, messages, {**params, "seed": base_seed}, args.n) if forked else None
         for sample in range(args.n):
-            run_params = dict(params)
-            if args.n > 1:  # different seeds, so the samples differ (the engine has no `n` yet)
-                run_params["seed"] = base_seed + sample
+            # Sample i uses seed S + i: the engine forks its sequences that way, and so do separate requests.
+            run_params = {**params, "seed": base_seed + sample} if args.n > 1 else dict(params)
             label = model if args.n == 1 else f"{model} · sample {sample + 1}"
-            runs.append(Run(label, model, run_params))
+            runs.append(Run(label, model, run_params, opener=opener(sample) if opener is not None else None))
     source = ProvenanceSource(engine)
-    records = [source.record(run.model, run.params) for run in runs]
+    records = [source.record(run.model, {**run.params, **({"n": args.n} if run.opener else {})}) for run in runs]
 
     def metadata() -> dict[str, Any]:
         for run, provenance in zip(runs, records, strict=True):

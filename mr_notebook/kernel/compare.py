@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mr_notebook.client import ChatStream, Engine
-from mr_notebook.kernel.display import rich_frontend, show
+from mr_notebook.kernel.display import markdown_html, rich_frontend, show
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Run:
     finish_reason: str | None = None
     error: BaseException | None = None
     stream: ChatStream | None = None
+    #: Opens this run's stream when it is one choice of a shared ``n`` request; None: a request of its own.
+    opener: Callable[[], ChatStream] | None = None
 
     @property
     def text(self) -> str:
@@ -83,12 +85,12 @@ class CompareView:
         return run.text
 
     def _repr_html_(self) -> str:
-        # Model text is escaped (never live markup); pre-wrap keeps its lines and code indentation.
+        # Model text goes through the one safe Markdown renderer (sanitised, never live markup).
         columns = "".join(
             "<div style='flex:1 1 0;min-width:12em;border:1px solid #8884;border-radius:4px;padding:6px'>"
             f"<div style='font-weight:bold'>{html.escape(run.label)}</div>"
             f"<div style='font-size:smaller;opacity:.7'>{html.escape(run.stats())}</div>"
-            f"<div style='white-space:pre-wrap;margin-top:4px'>{html.escape(self._body(run))}</div></div>"
+            f"<div style='margin-top:4px'>{markdown_html(self._body(run))}</div></div>"
             for run in self.runs
         )
         return f"<div class='mr-notebook-compare' style='display:flex;gap:8px;align-items:flex-start'>{columns}</div>"
@@ -107,7 +109,9 @@ def run_all(
     def produce(run: Run) -> None:
         run.started = time.monotonic()
         try:
-            run.stream = engine.chat_stream(run.model, messages, **run.params)
+            run.stream = (
+                run.opener() if run.opener is not None else engine.chat_stream(run.model, messages, **run.params)
+            )
             with run.stream:
                 for delta in run.stream:
                     if run.first_token is None:

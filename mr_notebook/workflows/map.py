@@ -80,9 +80,13 @@ def _engine_and_model(engine: Engine | None, model: str | None) -> tuple[Engine,
     return engine, model, close, state
 
 
-def _concurrency(engine: Engine, model: str, info: Mapping[str, Any]) -> int:
+def model_parallel(engine: Engine, model: str, info: Mapping[str, Any]) -> int:
     """The model's parallel setting (sequences a batching worker serves at once), else 4."""
-    for source in (info.get("settings") or {}, *(row for row in engine.ps() if row.get("model") == model)):
+    from mr_notebook.store.refs import normalize
+
+    name = normalize(model)
+    loaded = [row for row in engine.ps() if normalize(str(row.get("model") or "ai/unknown")) == name]
+    for source in (info.get("settings") or {}, *loaded):
         for key in ("parallel", "n_parallel", "max_batch", "max_sequences"):
             value = source.get(key)
             if isinstance(value, int) and value > 0:
@@ -185,7 +189,7 @@ def _run(
     todo = [i for i, reply in enumerate(replies) if reply is None]
     cached = total - len(todo)
     bar = _progress_bar(progress, total, cached, model)
-    workers = concurrency or _concurrency(engine, model, info)
+    workers = concurrency or model_parallel(engine, model, info)
     stop = threading.Event()
     open_streams: set[ChatStream] = set()
     guard = threading.Lock()
