@@ -17,7 +17,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.base import ApiHandler, describe_error
-from mr_notebook.api.tools import _held, parse_tools
+from mr_notebook.api.tools import held_back, parse_tools
 from mr_notebook.api.turns import (
     TurnEvent,
     TurnRequest,
@@ -206,7 +206,7 @@ class StopWatch:
             index, self.hit = min(found)
             self.pending = ""
             return buffer[:index]
-        hold = _held(buffer, tuple(self.stops))
+        hold = held_back(buffer, tuple(self.stops))
         self.pending = buffer[len(buffer) - hold :]
         return buffer[: len(buffer) - hold]
 

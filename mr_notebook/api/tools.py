@@ -285,7 +285,7 @@ def parse_calls(text: str, family: str, tools: dict[str, dict[str, Any]]) -> tup
 # ---------------------------------------------------------------------------------------------- streaming
 
 
-def _held(buffer: str, markers: tuple[str, ...]) -> int:
+def held_back(buffer: str, markers: tuple[str, ...]) -> int:
     """How many trailing characters of ``buffer`` could be the start of a marker."""
     hold = 0
     for marker in markers:
@@ -363,7 +363,7 @@ class Splitter:
                     self.buffer = self.buffer[end + len(THINK_CLOSE) :]
                     self.mode, self.after_think = "start", True
                     continue
-                hold = _held(self.buffer, (THINK_CLOSE,))
+                hold = held_back(self.buffer, (THINK_CLOSE,))
                 if len(self.buffer) > hold:
                     out.append(("reasoning", self.buffer[: len(self.buffer) - hold]))
                 self.buffer = self.buffer[len(self.buffer) - hold :]
@@ -374,7 +374,7 @@ class Splitter:
                     self._content(self.buffer[: min(starts)], out)
                     self.buffer, self.mode = self.buffer[min(starts) :], "tail"
                     continue
-                hold = _held(self.buffer, self.markers)
+                hold = held_back(self.buffer, self.markers)
                 self._content(self.buffer[: len(self.buffer) - hold], out)
                 self.buffer = self.buffer[len(self.buffer) - hold :]
                 return out
