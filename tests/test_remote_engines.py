@@ -24,6 +24,7 @@ import httpx
 import openai
 import pytest
 from test_api_support import ServerProcess
+from test_protocol_support import HERMES_REPLY, HERMES_TEMPLATE, THINK_REPLY, THINK_TEMPLATE, WEATHER_TOOL
 
 from mr_notebook.cli import main
 from mr_notebook.engine.remote import EngineSpec, RemoteEngines, add_spec
@@ -214,6 +215,8 @@ def test_second_mr_notebook_serve_as_remote(
     store = Store(peer_home)
     store.import_gguf(tiny_model_factory(reply="Peer says hi."), "ai/tiny")
     store.import_gguf(tiny_model_factory(pooling="mean"), "ai/embed")
+    store.import_gguf(tiny_model_factory(reply=HERMES_REPLY, chat_template=HERMES_TEMPLATE), "ai/tools")
+    store.import_gguf(tiny_model_factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), "ai/thinker")
     peer = ServerProcess(peer_home)
     try:
         url = peer.url.rstrip("/")
@@ -228,6 +231,16 @@ def test_second_mr_notebook_serve_as_remote(
         )
         assert [d.embedding for d in ours_vectors.data] == [d.embedding for d in theirs.data]
         assert ours_vectors.data[0].embedding != ours_vectors.data[1].embedding
+        # The peer answers tool calls and reasoning structured; they come back structured from ours too.
+        asked = [{"role": "user", "content": "Weather in Paris?"}]
+        called = client.chat.completions.create(model="peer/ai/tools", messages=asked, tools=[WEATHER_TOOL])  # type: ignore[arg-type,list-item]
+        (call,) = called.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+        assert called.choices[0].finish_reason == "tool_calls"
+        thought = client.chat.completions.create(model="peer/ai/thinker", messages=HI)  # type: ignore[arg-type]
+        assert thought.choices[0].message.content == "Hello there!"
+        assert (thought.choices[0].message.model_extra or {}).get("reasoning_content") == "The user greets me."
     finally:
         main(["--home", str(ours.home), "engine", "rm", "peer"])
         peer.stop()
