@@ -108,10 +108,12 @@ def test_allowed_origins_get_cors_headers_and_preflights(server: ServerProcess) 
                 "Origin": origin,
                 "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "authorization, content-type",
+                "Access-Control-Request-Private-Network": "true",
             },
             timeout=30,
         )
         assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Private-Network"] == "true"
         assert preflight.headers["Access-Control-Allow-Origin"] == origin
         assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
         assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type"

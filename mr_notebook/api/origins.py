@@ -113,4 +113,7 @@ def cors_headers(check: BrowserCheck, request_headers: Mapping[str, str], *, pre
         ok = asked.strip() and len(asked) <= 1000 and _HEADER_LIST.match(asked)
         out["Access-Control-Allow-Headers"] = asked if ok else _DEFAULT_ALLOW_HEADERS
         out["Access-Control-Max-Age"] = "600"
+        if request_headers.get("Access-Control-Request-Private-Network", "").lower() == "true":
+            # Chrome's Private Network Access: a public page reaching 127.0.0.1 needs this, once allowed.
+            out["Access-Control-Allow-Private-Network"] = "true"
     return out
