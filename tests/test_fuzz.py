@@ -63,13 +63,12 @@ def test_openapi_document_describes_every_route(document: dict[str, Any], server
         assert operation["responses"]["default"]["content"]["application/json"]["schema"]["required"] == ["error"]
     chat = paths["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"]["required"] == ["messages"]
-    # Every route the server answers is described, and every described route is answered.
+    # Every described GET route reaches its handler (not the catch-all's "Unknown route" 404).
     for path, verbs in paths.items():
         concrete = path.replace("{model}", MODEL).replace("{ref}", MODEL)
-        for verb in verbs:
-            if verb == "get":
-                answer = httpx.get(server.url + concrete.lstrip("/"), timeout=60)
-                assert answer.status_code != 404 or "model" in answer.text, (path, answer.text)
+        if "get" in verbs:
+            answer = httpx.get(server.url + concrete.lstrip("/"), timeout=60)
+            assert answer.status_code < 500 and "Unknown route" not in answer.text, (path, answer.text)
 
 
 def _schema(document: dict[str, Any]) -> Any:
