@@ -17,7 +17,7 @@ import pytest
 # pytest-jupyter's fixtures for this module only (see test_serverext.py).
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, wait_until
-from test_protocol_support import GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, jupyter_config
+from test_protocol_support import EFFORT, GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, jupyter_config
 
 from mr_notebook.testing.pull_fixtures import local_registry  # noqa: F401
 from mr_notebook.testing.registry import LocalRegistry
@@ -150,6 +150,9 @@ def test_tools_and_thinking(server: ServerProcess) -> None:
     assert not quiet.message.thinking and quiet.message.content == "Hello there!"
     pieces = list(c.generate(model=THINKER, prompt="Hi", think=True, stream=True))
     assert "".join(p.thinking or "" for p in pieces) == "The user greets me."
+    # A think level reaches the template as reasoning_effort (what gpt-oss templates read).
+    plain, high = c.chat(model=EFFORT, messages=ASK), c.chat(model=EFFORT, messages=ASK, think="high")
+    assert plain.prompt_eval_count and high.prompt_eval_count and high.prompt_eval_count > plain.prompt_eval_count
 
 
 def test_pull_copy_delete(

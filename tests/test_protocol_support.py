@@ -73,6 +73,9 @@ MISTRAL = "ai/mistral-tools:latest"
 GENERIC = "ai/generic-tools:latest"
 PARALLEL = "ai/parallel-tools:latest"
 THINKER = "ai/thinker:latest"
+EFFORT = "ai/effort:latest"
+#: Prints the reasoning effort the request gave (gpt-oss templates read ``reasoning_effort``).
+EFFORT_TEMPLATE = "{% if reasoning_effort is defined %}Reasoning: {{ reasoning_effort }}\n{% endif %}" + CHATML_TEMPLATE
 
 #: name → (reply, template) of every tool-calling model.
 TOOL_MODELS = {
@@ -108,6 +111,7 @@ def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
     for name, (reply, template) in TOOL_MODELS.items():
         store.import_gguf(factory(reply=reply, chat_template=template), name)
     store.import_gguf(factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), THINKER)
+    store.import_gguf(factory(chat_template=EFFORT_TEMPLATE), EFFORT)
     return store
 
 

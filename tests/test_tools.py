@@ -10,6 +10,7 @@ import openai
 import pytest
 from test_api_support import MODEL, REPLY, ServerProcess
 from test_protocol_support import (
+    EFFORT,
     GENERIC,
     HERMES,
     HERMES_REPLY,
@@ -388,3 +389,15 @@ def test_n_choices_each_with_their_own_calls_and_text(server: ServerProcess) -> 
         assert "".join(m.delta.content or "" for m in mine).strip() == "Checking."
         deltas = [d for m in mine for d in (m.delta.tool_calls or [])]
         assert [d.index for d in deltas if d.id] == [0, 1]
+
+
+def test_reasoning_effort_reaches_the_template(server: ServerProcess) -> None:
+    # A template that prints its reasoning_effort: the prompt grows with the word given.
+    c = client(server)
+    base = c.chat.completions.create(model=EFFORT, messages=ASK)
+    low = c.chat.completions.create(model=EFFORT, messages=ASK, reasoning_effort="low")
+    high = c.chat.completions.create(
+        model=EFFORT, messages=ASK, extra_body={"chat_template_kwargs": {"reasoning_effort": "high high high"}}
+    )
+    assert base.usage and low.usage and high.usage
+    assert base.usage.prompt_tokens < low.usage.prompt_tokens < high.usage.prompt_tokens

@@ -118,8 +118,10 @@ def openai_body(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[st
         raise InvalidRequest('think must be true, false, or "low" / "medium" / "high".', "think")
     if think is False:
         out["chat_template_kwargs"] = {"enable_thinking": False}
-    elif think is not None:
+    elif think is True:
         out["chat_template_kwargs"] = {"enable_thinking": True}
+    elif think is not None:  # a level: gpt-oss templates read it as reasoning_effort
+        out["chat_template_kwargs"] = {"enable_thinking": True, "reasoning_effort": think}
     return out
 
 

@@ -164,6 +164,11 @@ def openai_turn(model: str, body: dict[str, Any]) -> TurnRequest:
     reasoning_format = body.get("reasoning_format")
     if reasoning_format is not None and reasoning_format not in ("none", "auto", "deepseek", "deepseek-legacy"):
         raise InvalidRequest('reasoning_format must be "none", "auto" or "deepseek".', "reasoning_format")
+    effort = body.get("reasoning_effort")
+    kwargs = body.get("chat_template_kwargs")
+    if isinstance(effort, str) and (kwargs is None or isinstance(kwargs, dict)):
+        # OpenAI's reasoning_effort is what gpt-oss templates read; an explicit template kwarg wins.
+        body = {**body, "chat_template_kwargs": {"reasoning_effort": effort, **(kwargs or {})}}
     return TurnRequest(
         model=model,
         body=body,
