@@ -82,7 +82,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_engine(args: argparse.Namespace) -> int:
     from mr_notebook.engine.remote.commands import engine_command
 
-    print(engine_command(_store(args).home, args.action, args.name, args.url, args.kind, args.api_key_env))
+    home = _store(args).home
+    limits = {"max_concurrency": args.max_concurrency, "timeout": args.timeout}
+    print(engine_command(home, args.action, args.name, args.url, args.kind, args.api_key_env, **limits))
     return 0
 
 
@@ -282,6 +284,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     where = status.get("url") or "not served over HTTP"
     print(f"Engine: {status.get('mode')} ({status.get('source')}), {where}")
     print(f"Store: {status.get('store', '')}")
+    for engine in status.get("engines") or []:  # remote engines (issue 15): health and latency of the last answer
+        health = "up" if engine.get("healthy") else "down" if engine.get("healthy") is False else "not asked yet"
+        latency = f", {engine['latency'] * 1000:.0f} ms" if engine.get("latency") is not None else ""
+        print(f"Remote engine {engine.get('name')}: {engine.get('url')} ({health}{latency})")
     return 0
 
 
@@ -361,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", nargs="?", metavar="URL", help="its OpenAI base URL, e.g. http://gpu-box:8000/v1")
     p.add_argument("--kind", default="openai", choices=("openai", "ollama", "model-runner"))
     p.add_argument("--api-key-env", metavar="VAR", help="the NAME of the environment variable holding its key")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="requests sent to it at once (default 8)")
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds without a byte before failing (default 300)")
 
     p = add("inspect", cmd_inspect, "Show a model's details as JSON")
     p.add_argument("names", nargs="+", metavar="MODEL")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -388,3 +389,161 @@ def test_chat_magic_in_a_kernel_reaches_the_remote_through_our_server(ours: Serv
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def _event(text: str) -> bytes:
+    chunk = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """An engine that misbehaves as told by the first path segment (an engine may be attacker-run)."""
+
+    protocol_version = "HTTP/1.1"
+    gate: ClassVar[Any] = None  # a threading.Event the "gate" engine waits for before answering
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        kind = self.path.split("/")[1]
+        if kind == "redirect":
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.1:9/v1/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if kind == "hang":
+            time.sleep(3)  # longer than the engine's timeout: nothing at all arrives
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if kind == "gate":
+            self.gate.wait(30)
+        self.wfile.write(_event("first "))
+        self.wfile.flush()
+        if kind == "stall":
+            time.sleep(3)  # the answer started, then nothing: a timeout mid-answer
+        elif kind == "garbage":
+            self.wfile.write(b"data: {not json\n\n")
+        elif kind == "error":
+            self.wfile.write(b'data: {"error": {"message": "CUDA out of memory"}}\n\n')
+        elif kind == "bigline":
+            self.wfile.write(b"data: " + b"x" * (5 * 1024 * 1024) + b"\n\n")
+        self.wfile.write(_event("last") + b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def _answer(runner: Any, model: str) -> str:
+    from mr_notebook.engine import GenerationParams, collect
+
+    return (await collect(runner.chat(model, HI, GenerationParams.from_request({})))).text
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "says"),
+    [
+        ("redirect", 502, "answered 307"),
+        ("hang", 504, "sent nothing for 1 s"),
+        ("stall", 504, "sent nothing for 1 s"),
+        ("garbage", 502, "not JSON"),
+        ("error", 502, "CUDA out of memory"),
+        ("bigline", 502, "over 4194304 bytes"),
+    ],
+)
+def test_misbehaving_engines_give_clear_errors(store_home: Path, kind: str, status: int, says: str) -> None:
+    from mr_notebook.engine import Runner
+
+    with LoopbackServer(_Scripted) as server:
+        add_spec(store_home, EngineSpec.parse({"name": "odd", "url": f"{server.url}/{kind}", "timeout": 1}))
+
+        async def scenario() -> None:
+            runner = Runner(Store(store_home))
+            try:
+                with pytest.raises(RemoteEngineError) as failed:
+                    await _answer(runner, "odd/m")
+                assert failed.value.http_status == status
+                assert "odd" in str(failed.value) and says in str(failed.value)
+                assert runner.remote.engines()["odd"].in_flight == 0
+            finally:
+                await runner.close()
+
+        asyncio.run(scenario())
+
+
+def test_concurrency_limit_per_engine(store_home: Path) -> None:
+    import threading
+
+    from mr_notebook.engine import Runner
+
+    _Scripted.gate = threading.Event()
+    with LoopbackServer(_Scripted) as server:
+        add_spec(store_home, EngineSpec.parse({"name": "one", "url": f"{server.url}/gate", "max_concurrency": 1}))
+
+        async def scenario() -> None:
+            runner = Runner(Store(store_home))
+            try:
+                tasks = [asyncio.ensure_future(_answer(runner, "one/m")) for _ in range(3)]
+                engine = runner.remote.engines()["one"]
+                for _ in range(200):
+                    if engine.in_flight == 1 and engine.waiting == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (engine.in_flight, engine.waiting) == (1, 2)  # one at the engine, two waiting here
+                tasks[2].cancel()  # a client that gives up while waiting leaves the queue
+                _Scripted.gate.set()
+                assert await asyncio.gather(*tasks[:2]) == ["first last", "first last"]
+                assert engine.in_flight == engine.waiting == 0 and engine.requests == 2
+            finally:
+                await runner.close()
+
+        asyncio.run(scenario())
+
+
+def test_connect_errors_are_retried_before_the_first_byte(store_home: Path) -> None:
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from mr_notebook.engine import Runner
+
+    port = free_port()
+    add_spec(store_home, EngineSpec.parse({"name": "late", "url": f"http://127.0.0.1:{port}/ok"}))
+    servers: list[ThreadingHTTPServer] = []
+
+    refused = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "connect failed" in record.getMessage():
+                refused.set()
+
+    watch = Watch()
+    logger = logging.getLogger("mr_notebook.engine.remote.client")
+    logger.addHandler(watch)
+    logger.setLevel(logging.INFO)
+
+    def come_up() -> None:  # the engine starts listening once the first connection was refused
+        assert refused.wait(30)
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Scripted)
+        servers.append(server)
+        server.serve_forever()
+
+    async def scenario() -> None:
+        runner = Runner(Store(store_home))
+        try:
+            threading.Thread(target=come_up, daemon=True).start()
+            assert await _answer(runner, "late/m") == "first last"
+        finally:
+            await runner.close()
+
+    try:
+        asyncio.run(scenario())
+        assert refused.is_set()
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(logging.NOTSET)
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -111,7 +111,7 @@ class RemoteEngine:
 
     @asynccontextmanager
     async def _open(self, method: str, url: str, body: Any = None) -> AsyncIterator[httpx.Response]:
-        """An answer with status < 400, its body not read yet; errors become RemoteEngineError naming us."""
+        """A 2xx answer, its body not read yet; errors become RemoteEngineError naming this engine."""
         client = self._http()
         assert self._slots is not None
         self.waiting += 1
@@ -126,7 +126,7 @@ class RemoteEngine:
             response = await self._send(client, method, url, body)
             try:
                 self.latency = time.monotonic() - started
-                if response.status_code >= 400:
+                if response.status_code >= 300:  # redirects are not followed: a prompt goes where it was sent
                     text = (await response.aread())[:65536].decode("utf-8", "replace")
                     message = (
                         f"Engine {self.name} ({self.spec.url}) answered {response.status_code}: {_error_message(text)}"
@@ -147,7 +147,7 @@ class RemoteEngine:
             raise RemoteEngineTimeout(message) from None
         except httpx.HTTPError as exc:
             message = (
-                f"Engine {self.name} ({self.spec.url}) failed: {type(exc).__name__}: {exc or 'connection lost'}. "
+                f"Engine {self.name} ({self.spec.url}) failed: {type(exc).__name__}: {str(exc) or 'connection lost'}. "
                 "Check that it is running and reachable, then retry."
             )
             self._failed(message)
@@ -214,10 +214,18 @@ class RemoteEngine:
                         raise RemoteEngineError(f"Engine {self.name} reported an error mid-answer: {message}")
                     if isinstance(event, dict):
                         yield event
+            except httpx.TimeoutException:
+                message = (
+                    f"Engine {self.name} ({self.spec.url}) sent nothing for {self.spec.timeout:g} s mid-answer; "
+                    "the answer is incomplete. Retry, or raise its timeout "
+                    f"(`mr-notebook engine add {self.name} URL --timeout S`)."
+                )
+                self._failed(message)
+                raise RemoteEngineTimeout(message) from None
             except httpx.HTTPError as exc:
                 message = (
                     f"Engine {self.name} ({self.spec.url}) stopped mid-answer: {type(exc).__name__}: "
-                    f"{exc or 'connection lost'}. The answer is incomplete; retry once the engine is back."
+                    f"{str(exc) or 'connection lost'}. The answer is incomplete; retry once the engine is back."
                 )
                 self._failed(message)
                 raise RemoteEngineError(message) from None

@@ -47,13 +47,20 @@ def remote_models(home: Path) -> list[dict[str, Any]]:
 
 
 def engine_command(
-    home: Path, action: str, name: str | None, url: str | None, kind: str = "openai", api_key_env: str | None = None
+    home: Path,
+    action: str,
+    name: str | None,
+    url: str | None,
+    kind: str = "openai",
+    api_key_env: str | None = None,
+    **limits: Any,
 ) -> str:
     """Do ``action`` (add, ls, rm) and say what happened."""
     if action == "add":
         if not name or not url:
             raise InvalidRequest("Usage: engine add NAME URL [--kind openai|ollama|model-runner] [--api-key-env VAR]")
-        spec = EngineSpec.parse({"name": name, "url": url, "kind": kind, "api_key_env": api_key_env})
+        given = {k: v for k, v in limits.items() if v is not None}  # max_concurrency, timeout
+        spec = EngineSpec.parse({"name": name, "url": url, "kind": kind, "api_key_env": api_key_env, **given})
         add_spec(home, spec)
         return f"Engine {spec.name} added ({spec.url}); its models are {spec.name}/<model id> (`engine ls` lists them)."
     if action == "rm":
