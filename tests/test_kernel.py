@@ -193,6 +193,14 @@ def server_kernel(jupyter: dict[str, Any]) -> tuple[str, BlockingKernelClient]:
     """A kernel started by the server (as JupyterLab does), reached through its connection file."""
     answer = httpx.post(jupyter["url"] + "api/kernels", headers=jupyter["headers"], json={"name": "python3"})
     kernel_id = answer.json()["id"]
+    # A client without a kernel manager calls a kernel dead when its first heartbeat is late (a loaded machine):
+    # connect once the server has seen the kernel start.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = httpx.get(jupyter["url"] + f"api/kernels/{kernel_id}", headers=jupyter["headers"]).json()
+        if state.get("execution_state") not in ("starting", None):
+            break
+        time.sleep(0.2)
     kc = BlockingKernelClient(connection_file=str(jupyter["runtime"] / f"kernel-{kernel_id}.json"))
     kc.load_connection_file()
     kc.start_channels()
@@ -261,6 +269,32 @@ def test_extension_publishes_the_endpoint_to_kernels(jupyter: dict[str, Any]) ->
         assert reply["status"] == "ok"
         url, token = json.loads(text_of(messages).strip())
         assert url == jupyter["url"] + "mr/" and token == TOKEN
+    finally:
+        kc.stop_channels()
+        httpx.delete(jupyter["url"] + f"api/kernels/{kernel_id}", headers=jupyter["headers"])
+
+
+def test_workflows_in_a_server_kernel(jupyter: dict[str, Any]) -> None:
+    """map, side-by-side replies and provenance through the server's engine (the kernel loads no model)."""
+    kernel_id, kc = server_kernel(jupyter)
+    try:
+        reply, messages = execute(
+            kc,
+            "%load_ext mr_notebook\nimport mr_notebook, sys\n"
+            "out = mr_notebook.map('Say {}', ['a', 'b', 'c'], model='ai/tiny', progress=False, cache=False)\n"
+            f"print('MAP', list(out) == [{DEFAULT_REPLY!r}] * 3, out.errors, out.provenance['engine']['mode'], "
+            "out.stats['sent'])\nprint('LLAMA', 'llama_cpp' in sys.modules)",
+        )
+        shown = text_of(messages)
+        assert reply["status"] == "ok", shown
+        assert "MAP True [] remote 3" in shown and "LLAMA False" in shown
+        reply, messages = execute(kc, "%%chat --models ai/tiny,ai/loop --max-tokens 6\nHi")
+        assert reply["status"] == "ok", text_of(messages)
+        final = [m for m in messages if m["msg_type"] in ("display_data", "update_display_data")][-1]["content"]
+        provenance = final["metadata"]["mr_notebook"]["provenance"]
+        assert [p["model"] for p in provenance] == ["ai/tiny", "ai/loop"]
+        assert all(p["engine"]["mode"] == "remote" and p["digest"].startswith("sha256:") for p in provenance)
+        assert "one two" in final["data"]["text/plain"] and DEFAULT_REPLY in final["data"]["text/plain"]
     finally:
         kc.stop_channels()
         httpx.delete(jupyter["url"] + f"api/kernels/{kernel_id}", headers=jupyter["headers"])

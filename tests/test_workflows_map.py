@@ -194,6 +194,10 @@ def test_server_engine(home: Path, cache: str) -> None:
         assert "ai/label" in served or "ai/label:latest" in served
         again = map("Say {}", ["a", "b"], model="ai/label", schema=Label, engine=remote, cache=cache, progress=False)
         assert again.stats["sent"] == 0 and list(again) == list(result)
+        # n choices of one request, split by choices[].index (what %%chat -n uses).
+        streams = remote.chat_choices("ai/tiny", [{"role": "user", "content": "hi"}], 3, seed=5, temperature=0.7)
+        assert [s.text() for s in streams] == [DEFAULT_REPLY] * 3
+        assert [s.finish_reason for s in streams] == ["stop"] * 3 and all(s.usage["completion_tokens"] for s in streams)
         remote.close()
     finally:
         local.close()
