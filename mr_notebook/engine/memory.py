@@ -62,15 +62,15 @@ def default_threads() -> int:
 def estimate(hints: dict[str, Any], n_ctx: int, parallel: int = 1) -> Estimate:
     """Weights (file size) + f16 KV cache + compute buffers, from GGUF metadata.
 
-    The ``parallel`` sequences share one unified KV cache of ``n_ctx`` cells, so the cache does not grow with
-    them; each sequence adds a row of logits to the output buffer.
+    Each of the ``parallel`` sequences has a KV cache of ``n_ctx`` cells (any of them may hold a conversation
+    as long as the context) and a row of logits in the output buffer.
     """
     n_layer = int(hints.get("n_layer") or 0)
     n_embd = int(hints.get("n_embd") or 0)
     n_head = int(hints.get("n_head") or 1)
     n_head_kv = int(hints.get("n_head_kv") or n_head)
     n_vocab = int(hints.get("n_vocab") or 0)
-    kv = 2 * n_layer * n_ctx * n_head_kv * (n_embd // max(n_head, 1)) * 2
+    kv = 2 * n_layer * n_ctx * n_head_kv * (n_embd // max(n_head, 1)) * 2 * max(parallel, 1)
     # Logits for one batch plus activations, roughly what llama.cpp's compute buffer reserves.
     compute = BATCH * (n_vocab + 8 * n_embd) * 4 + parallel * n_vocab * 4 + PROCESS_OVERHEAD
     return Estimate(weights=int(hints.get("size_bytes") or 0), kv_cache=kv, compute=compute)

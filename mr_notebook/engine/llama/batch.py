@@ -66,16 +66,23 @@ def new_context(
     threads: int,
     embeddings: bool = False,
     pooling: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
+    unified: bool = False,
 ) -> Any:
-    """A context whose sequences share one unified KV cache (a long conversation may use all of it)."""
+    """A context for ``n_seq`` sequences of up to ``n_ctx`` tokens each.
+
+    Not unified (the default): every sequence has a KV cache of its own, so any conversation can use the whole
+    context and, above all, a sequence's attention sums run over its own cells only, in the same order whatever
+    the other sequences hold. In one unified cache the cells of different sequences interleave, which changed
+    greedy SmolLM2 output with the batch (7 of 8 answers at 4 clients). Costs KV memory for each sequence.
+    """
     params = llama_cpp.llama_context_default_params()
-    params.n_ctx = n_ctx
+    params.n_ctx = n_ctx if unified else n_ctx * n_seq
     params.n_batch = n_batch
     params.n_ubatch = n_batch
     params.n_seq_max = n_seq
     params.n_threads = threads
     params.n_threads_batch = threads
-    params.kv_unified = True
+    params.kv_unified = unified
     params.no_perf = True
     params.embeddings = embeddings
     params.pooling_type = pooling

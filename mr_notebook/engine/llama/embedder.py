@@ -51,6 +51,7 @@ class Embedder:
                 threads=self.threads,
                 embeddings=True,
                 pooling=self.pooling,
+                unified=True,  # cleared after every decode: the inputs of one batch share it
             )
             self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx))
             self._batch = Batch(int(llama_cpp.llama_n_batch(self._ctx)))

@@ -60,7 +60,7 @@ class Scheduler:
         n_ctx = int(config["n_ctx"])
         self.n_batch = max(min(int(config.get("n_batch") or 512), n_ctx), 32)
         self.ctx = new_context(model, n_ctx=n_ctx, n_batch=self.n_batch, n_seq=self.parallel, threads=self.threads)
-        self.n_ctx = int(llama_cpp.llama_n_ctx(self.ctx))
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.prompt = ChatPrompt(model, config.get("chat_template") or model.chat_template())
         self.embedder = Embedder(model, config, self.threads)
