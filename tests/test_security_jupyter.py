@@ -119,3 +119,41 @@ def test_openapi_document_under_jupyter(
         assert {"/v1/chat/completions", "/engines/{model}/v1/embeddings", "/models/{ref}/tag"} <= set(doc["paths"])
 
     jp_asyncio_loop.run_until_complete(run())
+
+
+def test_chunked_large_body_is_cut_at_the_limit(
+    jp_serverapp: Any, server_root: str, jp_http_port: int, jp_base_url: str, jp_asyncio_loop: Any
+) -> None:
+    """No Content-Length to refuse from: the server stops reading at max_body_size instead of buffering it all."""
+    token = str(jp_serverapp.identity_provider.token)
+
+    async def run() -> int:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", jp_http_port)
+        writer.write(
+            (
+                f"POST {jp_base_url}mr/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{jp_http_port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+        chunk = b"x" * 65536
+        sent = 0
+        try:
+            for _ in range(512):  # 32 MiB against a 100 kB limit
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await asyncio.wait_for(writer.drain(), 15)
+                sent += len(chunk)
+        except (ConnectionError, OSError):
+            return sent
+        finally:
+            writer.close()
+        return sent
+
+    sent = jp_asyncio_loop.run_until_complete(run())
+    assert sent < 16 * 1024 * 1024, f"the server read {sent} bytes of a body over its {LIMIT}-byte limit"
+
+    async def healthy() -> None:
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+            assert (await client.get(server_root + "mr/health")).json() == {"status": "ok"}
+
+    jp_asyncio_loop.run_until_complete(healthy())
