@@ -125,7 +125,13 @@ async def one(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: i
 def api(url: str, model: str, requests: int, tokens: int, concurrency: int) -> Measure:
     """``concurrency`` clients from one asyncio loop, each sending its next request when the last ends."""
 
+    # Start from a fresh worker: with slots still holding these very prompts from the last measurement, only
+    # their last token would be evaluated, alone, and a greedy answer may then differ in the last bits.
+    httpx.post(url + "engines/unload", json={"models": [model]}, timeout=120).raise_for_status()
+
     async def run() -> Measure:
+        async with httpx.AsyncClient(timeout=600) as warm:
+            await one(warm, url, model, 999, 2)  # load the model outside the measurement
         todo = list(range(requests))
         done: dict[int, Stream] = {}
 
