@@ -25,6 +25,7 @@ from mr_notebook.kernel.context import first_code_block, preview
 from mr_notebook.kernel.tokens import TokenView
 from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
+from mr_notebook.testing.markup import PAYLOADS, inert_text
 from mr_notebook.testing.registry import LocalRegistry
 from mr_notebook.workflows.lock import LockError, read_lock, sync
 
@@ -251,3 +252,21 @@ def test_lock_needs_a_used_model_and_a_readable_file(ip: InteractiveShell, tmp_p
         read_lock(bad)
     with pytest.raises(LockError, match="No lock file"):
         read_lock(tmp_path / "missing.lock")
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_token_view_and_columns_stay_inert(payload: str) -> None:
+    # Tokens and hover alternatives are model text too: cut the payload into tokens, offer it as alternatives.
+    tokens = [payload[i : i + 7] for i in range(0, len(payload), 7)]
+    entries = [
+        {
+            "token": t,
+            "logprob": -0.5,
+            "top_logprobs": [{"token": payload, "logprob": -1.0}, {"token": '">', "logprob": -2}],
+        }
+        for t in tokens
+    ]
+    shown = TokenView(payload, entries)._repr_html_()
+    assert inert_text(shown).startswith(payload)
+    runs = [Run(payload, "ai/x", {}, parts=[payload]), Run("ai/y", "ai/y", {}, parts=["fine"])]
+    inert_text(CompareView(runs)._repr_html_())
