@@ -58,7 +58,7 @@ def test_malformed_bodies(api_server: ServerProcess, content: bytes, fragment: s
         ({"stop": 3}, "stop"),
         ({"model": 42}, "model"),
         ({"stream_options": [1]}, "stream_options"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
         ({"top_p": 7}, "top_p"),
         ({"messages": "hello"}, "messages"),
     ],
@@ -159,7 +159,8 @@ def test_non_loopback_bind_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_queue_full_is_503_with_retry_after(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> None:
     home = tmp_path / "home"
     add_long_model(Store(home), tiny_model_factory)
-    server = ServerProcess(home, env={"MR_NOTEBOOK_MAX_QUEUE": "1"})
+    # One sequence at a time (no batching), so that the second request waits in the queue.
+    server = ServerProcess(home, env={"MR_NOTEBOOK_MAX_QUEUE": "1", "MR_NOTEBOOK_PARALLEL": "1"})
     streams = [StreamInThread(server.url, chat_body(LONG, stream=True)) for _ in range(2)]
     try:
         streams[0].start()
