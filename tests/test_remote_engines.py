@@ -127,6 +127,8 @@ def test_listing_status_and_direct_engine_root(ours: ServerProcess) -> None:
     listed = {m.id: m.owned_by for m in sdk(ours).models.list()}
     assert listed.get("box/tiny") == "box"
     assert sdk(ours).models.retrieve("box/tiny").owned_by == "box"
+    tags = httpx.get(ours.url + "api/tags", timeout=30).json()["models"]  # Ollama's listing
+    assert any(m["name"] == "box/tiny" and m["details"]["family"] == "box" for m in tags)
     inspected = httpx.get(ours.url + "models/box/tiny", timeout=30).json()
     assert inspected["id"] == "remote:box/tiny" and inspected["config"]["engine"] == "box"
     stored = httpx.get(ours.url + "models", timeout=30).json()
@@ -382,6 +384,8 @@ def test_chat_magic_in_a_kernel_reaches_the_remote_through_our_server(ours: Serv
         reply, messages = execute(kc, "%%chat -m box/tiny\nSay hello")
         assert reply["status"] == "ok", text_of(messages)
         assert DEFAULT_REPLY in text_of(messages)
+        reply, messages = execute(kc, "%model list")
+        assert reply["status"] == "ok" and "box/tiny" in text_of(messages), text_of(messages)
         reply, messages = execute(kc, "%model engine ls")
         shown = text_of(messages)
         assert reply["status"] == "ok", shown

@@ -83,6 +83,20 @@ class TagsHandler(OllamaHandler):
             for record in records
             for tag in record.tags
         ]
+        runner = await self.ctx.ready_runner()
+        # Remote engines' models (issue 15): NAME/<id>, with the engine as their family and no local size.
+        remote = {"parent_model": "", "format": "remote", "parameter_size": "", "quantization_level": ""}
+        models += [
+            {
+                "name": f"{engine.name}/{model}",
+                "model": f"{engine.name}/{model}",
+                "modified_at": rfc3339(engine.models_at or 0),
+                "size": 0,
+                "digest": "",
+                "details": {**remote, "family": engine.name, "families": [engine.name]},
+            }
+            for engine, model in await runner.remote.models()
+        ]
         self.write_json({"models": models})
 
 
