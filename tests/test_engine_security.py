@@ -161,17 +161,34 @@ def _workers() -> list[psutil.Process]:
     return found
 
 
-async def test_cancelling_a_load_leaves_no_process(runner: Runner) -> None:
+async def test_cancelling_a_load_leaves_no_process(runner: Runner, tiny_model_factory: TinyModelFactory) -> None:
+    # A requester that goes away does not stop a load (the next request would start over): the model loads.
     before = {p.pid for p in _workers()}
     task = asyncio.create_task(runner.load("ai/tiny"))
     await wait_until(lambda: any(p.pid not in before for p in _workers()), limit=30)
-    (worker,) = [p for p in _workers() if p.pid not in before]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_until(lambda: gone(worker.pid))
-    assert runner.ps() == []
+    await wait_until(lambda: len(runner.ps()) == 1)
     assert (await collect(runner.chat("ai/tiny", HI, params()))).text == DEFAULT_REPLY
+    # Closing the runner during a load ends that worker process.
+    before = {p.pid for p in _workers()}
+    loading = asyncio.create_task(runner.load("ai/loop"))
+    await wait_until(lambda: any(p.pid not in before for p in _workers()), limit=30)
+    (worker,) = [p for p in _workers() if p.pid not in before]
+    await runner.close()
+    with pytest.raises(asyncio.CancelledError):
+        await loading
+    await wait_until(lambda: gone(worker.pid))
+    # And a handle cancelled while it starts kills its process (no stray worker).
+    config = {"name": "tiny", "path": str(tiny_model_factory()), "n_ctx": 512}
+    handle = WorkerHandle("tiny", "id", config, Estimate(0, 0, 0), 30, lambda h: None)
+    starting = asyncio.create_task(handle.start(60))
+    await wait_until(lambda: handle.pid != 0)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await wait_until(lambda: gone(handle.pid))
 
 
 async def test_message_over_the_line_limit_kills_the_worker_and_fails_its_requests(

@@ -63,6 +63,7 @@ class Runner:
         self._load_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._loading: dict[str, asyncio.Future[WorkerHandle]] = {}
 
     async def start(self) -> None:
         """Bind to the running loop (idempotent; every operation calls it)."""
@@ -71,7 +72,10 @@ class Runner:
             self._load_lock = asyncio.Lock()
 
     async def close(self) -> None:
-        """End every worker process."""
+        """End every worker process (loads in progress included)."""
+        for loading in list(self._loading.values()):
+            loading.cancel()
+        await asyncio.gather(*self._loading.values(), return_exceptions=True)
         await asyncio.gather(*(self._shutdown(h) for h in list(self._handles.values())))
         for task in list(self._background):
             await task
@@ -307,10 +311,16 @@ class Runner:
     def _release(self, handle: WorkerHandle) -> None:
         handle.active -= 1
         handle.last_used = time.time()
-        if handle.active > 0 or not handle.alive or self._loop is None:
+        self._arm(handle)
+
+    def _arm(self, handle: WorkerHandle, grace: float = 0.0) -> None:
+        """Start an idle model's keep-alive timer (keep_alive 0: end it after ``grace`` seconds)."""
+        if handle.active > 0 or not handle.alive or self._loop is None or handle.timer is not None:
             return
-        if handle.keep_alive == 0:
+        if handle.keep_alive == 0 and grace == 0:
             self._in_background(self._shutdown(handle))
+        elif handle.keep_alive == 0:
+            handle.timer = self._loop.call_later(grace, self._expire, handle)
         elif handle.keep_alive > 0:
             handle.expires_at = handle.last_used + handle.keep_alive
             handle.timer = self._loop.call_later(handle.keep_alive, self._expire, handle)
@@ -355,6 +365,19 @@ class Runner:
         return int(record.settings.get("parallel") or self.settings.parallel or DEFAULT_PARALLEL)
 
     async def _load(self, name: str, record: ModelRecord) -> WorkerHandle:
+        """Load a model once for every request that wants it; a requester that goes away does not stop it.
+
+        A client timing out during a long load would otherwise cancel it, and the next attempt start over.
+        The load belongs to the Runner (``close`` cancels it, which ends its process).
+        """
+        loading = self._loading.get(record.id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_now(name, record))
+            self._loading[record.id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(record.id, None))
+        return await asyncio.shield(loading)
+
+    async def _load_now(self, name: str, record: ModelRecord) -> WorkerHandle:
         if self._load_lock is None:
             raise RuntimeError("Runner.start() was not awaited")
         async with self._load_lock:  # one load decision at a time keeps the memory accounting honest
@@ -376,6 +399,8 @@ class Runner:
             await handle.start(self.settings.load_timeout)
             self._handles[record.id] = handle
             log.info("loaded %s in worker %s (context %s)", name, handle.pid, handle.n_ctx)
+            # Its keep-alive runs until a request takes it (the one that asked may have gone away meanwhile).
+            self._arm(handle, grace=1.0)
             return handle
 
     async def _make_room(self, name: str, need: memory.Estimate) -> None:
