@@ -551,3 +551,20 @@ def test_connect_errors_are_retried_before_the_first_byte(store_home: Path) -> N
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_broken_engines_file_leaves_local_models_alone(store_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_home.mkdir(parents=True)
+    config_path(store_home).write_text("{half a file")
+    registry = RemoteEngines(store_home)
+    assert registry.resolve("gpu/x") is None and registry.engines() == {}
+    assert registry.problem is not None and "engines.json" in registry.problem
+    assert main(["engine", "ls"]) == 0
+    assert "Fix or delete the file" in capsys.readouterr().out
+
+
+def test_engine_name_may_not_hide_stored_models(store: Store, tiny_model: Path) -> None:
+    store.import_gguf(tiny_model, "myorg/tiny")
+    assert main(["engine", "add", "myorg", "http://127.0.0.1:9"]) == 1
+    assert not config_path(store.home).exists()
+    assert main(["engine", "add", "other", "http://127.0.0.1:9"]) == 0

@@ -28,6 +28,7 @@ def _run(work: Coroutine[Any, Any, _T]) -> _T:
 
 async def _listing(home: Path, refresh: bool) -> tuple[RemoteEngines, list[tuple[str, str]]]:
     registry = RemoteEngines(home)
+    registry.engines()  # reads the file (a problem is kept in registry.problem)
     try:
         found = await registry.models(refresh=refresh)
         return registry, [(engine.name, model) for engine, model in found]
@@ -61,6 +62,15 @@ def engine_command(
             raise InvalidRequest("Usage: engine add NAME URL [--kind openai|ollama|model-runner] [--api-key-env VAR]")
         given = {k: v for k, v in limits.items() if v is not None}  # max_concurrency, timeout
         spec = EngineSpec.parse({"name": name, "url": url, "kind": kind, "api_key_env": api_key_env, **given})
+        from mr_notebook.store import Store
+
+        hidden = sorted(t for r in Store(home).list() for t in r.tags if t.split("/", 1)[0] == spec.name)
+        if hidden:
+            raise InvalidRequest(
+                f"Engine name {spec.name} would hide the stored model(s) {', '.join(hidden[:5])} (a model called "
+                f"{spec.name}/… would go to the engine); choose another name.",
+                "name",
+            )
         add_spec(home, spec)
         return f"Engine {spec.name} added ({spec.url}); its models are {spec.name}/<model id> (`engine ls` lists them)."
     if action == "rm":
@@ -71,7 +81,8 @@ def engine_command(
     if action != "ls":
         raise InvalidRequest(f"Unknown engine action {action!r}: use add, ls or rm.")
     registry, found = _run(_listing(home, True))
-    return engine_table(registry.status(), [f"{name}/{model}" for name, model in found])
+    table = engine_table(registry.status(), [f"{name}/{model}" for name, model in found])
+    return f"{registry.problem}\n{table}" if registry.problem else table
 
 
 def engine_table(statuses: list[dict[str, Any]], models: list[str]) -> str:

@@ -21,7 +21,7 @@ from mr_notebook.engine.remote import proxy
 from mr_notebook.engine.remote.client import RemoteEngine
 from mr_notebook.engine.remote.config import EngineSpec, config_path, load_specs
 from mr_notebook.engine.results import Chunk, EmbeddingResult
-from mr_notebook.errors import InvalidRequest, RemoteEngineError
+from mr_notebook.errors import InvalidRequest, MrNotebookError, RemoteEngineError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ class RemoteEngines:
         self._engines: dict[str, RemoteEngine] = {}
         self._stamp: tuple[int, int] | None = None
         self._loaded = False
+        #: Why engines.json could not be used (None when it could, or does not exist).
+        self.problem: str | None = None
         #: Keys taken out of this process's environment by :meth:`hide_keys` (name of variable → key).
         self._keys: dict[str, str] = {}
         _LIVE.add(self)
@@ -64,7 +66,14 @@ class RemoteEngines:
         """The current engines (one stat per call; the file is parsed again only when it changed)."""
         stamp = self._file_stamp()
         if not self._loaded or stamp != self._stamp:
-            specs = {s.name: s for s in (*load_specs(self.home), *self._configured)}
+            try:
+                stored = load_specs(self.home)
+                self.problem = None
+            except MrNotebookError as exc:
+                # A broken engines.json must not stop the local models: serve without its engines, say why.
+                log.warning("remote engines not loaded: %s", exc)
+                stored, self.problem = [], str(exc)
+            specs = {s.name: s for s in (*stored, *self._configured)}
             engines = {}
             for name, spec in specs.items():
                 old = self._engines.get(name)
