@@ -273,11 +273,12 @@ class PsHandler(ApiHandler):
 
 
 def _engine_row(engine: dict[str, Any]) -> dict[str, Any]:
-    """A remote engine as a ``ps`` row: NAME/* with its health and latency (no pid, memory or expiry here)."""
+    """A remote engine as a ``ps`` row: its name (a valid model reference, as ps readers parse them), health and
+    latency; no pid, memory or expiry here."""
     name = engine["name"]
     return {
-        "model": f"{name}/*",
-        "model_name": f"{name}/*",
+        "model": name,
+        "model_name": name,
         "id": f"remote:{name}",
         "backend_name": "remote",
         "pid": 0,

@@ -15,6 +15,7 @@ from typing import Any
 
 from mr_notebook.engine.params import GenerationParams
 from mr_notebook.engine.results import Chunk, Usage
+from mr_notebook.errors import RemoteEngineError
 
 #: How remote tool calls are spelled for the API layer's parser (tools.Splitter's "hermes" family).
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -93,7 +94,7 @@ def _ending(choice: _Choice) -> str:
     return text
 
 
-async def chunks(events: AsyncIterator[dict[str, Any]], n: int, *, chat: bool) -> AsyncIterator[Chunk]:
+async def chunks(events: AsyncIterator[dict[str, Any]], n: int, *, chat: bool, engine: str) -> AsyncIterator[Chunk]:
     """Chunks of an OpenAI stream (chat or text completion), ending as the engine's local streams end."""
     choices: dict[int, _Choice] = {}
     usage = Usage()
@@ -130,10 +131,14 @@ async def chunks(events: AsyncIterator[dict[str, Any]], n: int, *, chat: bool) -
                     yield Chunk(index=index, finish_reason=choice.finish)
                 else:
                     for_first = choice.finish
-    for index, choice in sorted(choices.items()):  # a stream cut short of finish reasons
-        tail = _ending(choice)
-        if tail:
-            yield Chunk(text=tail, index=index)
+    unfinished = [i for i in range(n) if i not in choices or choices[i].finish is None]
+    if unfinished:
+        # OpenAI streams end every choice with a finish reason; without one the answer was cut short (e.g.
+        # llama_cpp.server ends a stream with [DONE] when another request interrupts it).
+        raise RemoteEngineError(
+            f"Engine {engine} ended the answer without a finish reason: it was cut short. If the engine serves "
+            f"one request at a time (llama_cpp.server interrupts the running one), add it with --max-concurrency 1."
+        )
     yield Chunk(finish_reason=(for_first or "stop") if n == 1 else None, usage=usage)
 
 

@@ -175,7 +175,8 @@ class RemoteEngines:
             "stream_options": {"include_usage": True},
             **proxy.request_params(params),
         }
-        async for chunk in proxy.chunks(engine.stream("chat/completions", body), params.n, chat=True):
+        events = engine.stream("chat/completions", body)
+        async for chunk in proxy.chunks(events, params.n, chat=True, engine=engine.name):
             yield chunk
 
     async def complete(
@@ -183,7 +184,7 @@ class RemoteEngines:
     ) -> AsyncIterator[Chunk]:
         body = {"model": model, "prompt": prompt, "stream_options": {"include_usage": True}}
         body.update({k: v for k, v in proxy.request_params(params).items() if k not in ("tools", "tool_choice")})
-        async for chunk in proxy.chunks(engine.stream("completions", body), params.n, chat=False):
+        async for chunk in proxy.chunks(engine.stream("completions", body), params.n, chat=False, engine=engine.name):
             yield chunk
 
     async def embed(self, engine: RemoteEngine, model: str, inputs: list[str] | list[list[int]]) -> EmbeddingResult:
