@@ -53,6 +53,7 @@ class RemoteEngines:
         self.problem: str | None = None
         #: Keys taken out of this process's environment by :meth:`hide_keys` (name of variable → key).
         self._keys: dict[str, str] = {}
+        self._retired: list[RemoteEngine] = []
         _LIVE.add(self)
 
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -79,6 +80,8 @@ class RemoteEngines:
                 old = self._engines.get(name)
                 # Keep a running engine (its client, counters, models) unless its spec changed.
                 engines[name] = old if old is not None and old.spec == spec else RemoteEngine(spec, self._keys)
+            # Engines removed or changed finish what they serve, then their clients close (in close() at the latest).
+            self._retired += [e for e in self._engines.values() if engines.get(e.name) is not e]
             self._engines, self._stamp, self._loaded = engines, stamp, True
         return self._engines
 
@@ -140,13 +143,17 @@ class RemoteEngines:
         return bool(name) and name in self.engines()
 
     async def close(self) -> None:
-        await asyncio.gather(*(e.close() for e in self._engines.values()))
+        await asyncio.gather(*(e.close() for e in (*self._engines.values(), *self._retired)))
+        self._retired.clear()
 
     # ---------------------------------------------------------------- models and status
 
     async def models(self, *, refresh: bool = False) -> list[tuple[RemoteEngine, str]]:
         """(engine, remote id) of every remote model, asking engines whose list is stale (in parallel)."""
         engines = list(self.engines().values())
+        idle = [e for e in self._retired if e.in_flight == 0 and e.waiting == 0]
+        self._retired = [e for e in self._retired if e not in idle]
+        await asyncio.gather(*(e.close() for e in idle))
         now = time.time()
         stale = [e for e in engines if refresh or e.models_at is None or now - e.models_at > LIST_MAX_AGE]
 
