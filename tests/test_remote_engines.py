@@ -131,6 +131,8 @@ def test_listing_status_and_direct_engine_root(ours: ServerProcess) -> None:
     assert sdk(ours).models.retrieve("box/tiny").owned_by == "box"
     tags = httpx.get(ours.url + "api/tags", timeout=30).json()["models"]  # Ollama's listing
     assert any(m["name"] == "box/tiny" and m["details"]["family"] == "box" for m in tags)
+    shown = httpx.post(ours.url + "api/show", json={"model": "box/tiny"}, timeout=30)
+    assert shown.status_code == 200 and "remote engine box" in shown.json()["modelfile"]
     inspected = httpx.get(ours.url + "models/box/tiny", timeout=30).json()
     assert inspected["id"] == "remote:box/tiny" and inspected["config"]["engine"] == "box"
     stored = httpx.get(ours.url + "models", timeout=30).json()

@@ -108,6 +108,27 @@ class ShowHandler(OllamaHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
         name = self.model_name(self.json_body())
+        remote = (await self.ctx.ready_runner()).remote.resolve(name)
+        if remote is not None:  # a remote engine's model (issue 15): what can be said without its files
+            family = {"family": remote[0].name, "families": [remote[0].name]}
+            self.write_json(
+                {
+                    "modelfile": f"# Served by the remote engine {remote[0].name} ({remote[0].spec.url})\n",
+                    "parameters": "",
+                    "template": "",
+                    "details": {
+                        "parent_model": "",
+                        "format": "remote",
+                        "parameter_size": "",
+                        "quantization_level": "",
+                        **family,
+                    },
+                    "model_info": {"general.architecture": "remote"},
+                    "capabilities": ["completion", "tools"],
+                    "modified_at": rfc3339(remote[0].models_at or 0),
+                }
+            )
+            return
         record = await asyncio.to_thread(self.ctx.store.get, name)
         traits = await model_traits(self.ctx, self.settings, name)
         metadata = record.config.get("gguf") if isinstance(record.config.get("gguf"), dict) else {}
