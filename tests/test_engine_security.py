@@ -220,13 +220,13 @@ async def test_embedding_inputs_are_capped_and_cancellable(runner: Runner) -> No
     await runner.load("ai/tiny")
     long_text = " ".join(["hello world the tiny model"] * 60)
     task = asyncio.create_task(runner.embed("ai/tiny", [f"{i} {long_text}" for i in range(2048)]))
-    await wait_until(lambda: runner.ps()[0].in_flight == 1)
+    handle = next(iter(runner._handles.values()))
+    await wait_until(lambda: handle.stats.get("embedded", 0) > 0)  # batches are being evaluated
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     answer = await collect(runner.chat("ai/tiny", HI, params()))
     assert answer.text == DEFAULT_REPLY
-    handle = next(iter(runner._handles.values()))
     await wait_until(lambda: handle.stats.get("embedding") == 0)
     # The worker stopped between batches: most inputs were never evaluated.
     assert 0 < handle.stats["embedded"] < 2048

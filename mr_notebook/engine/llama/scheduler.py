@@ -75,6 +75,7 @@ class Scheduler:
         self._decodes = 0
         self._decoded_tokens = 0
         self._shape = (0, 0, 0)
+        self._embedded_reported = 0
 
     # ------------------------------------------------------------------ reader thread
 
@@ -395,8 +396,10 @@ class Scheduler:
     def _report(self) -> None:
         now = time.monotonic()
         shape = (sum(len(j.choices) for j in self.running), len(self.waiting), len(self.embeds))
-        if shape == self._shape and (now - self._stats_at < STATS_EVERY or self._decodes == 0):
+        worked = self._decodes > 0 or self.embedder.embedded != self._embedded_reported
+        if shape == self._shape and (now - self._stats_at < STATS_EVERY or not worked):
             return
+        self._embedded_reported = self.embedder.embedded
         fill = self._decoded_tokens / (self._decodes * self.n_batch) if self._decodes else 0.0
         self.send(
             {
