@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import llama_cpp
@@ -44,11 +45,28 @@ def messages(i: int) -> list[dict[str, str]]:
 
 @dataclass
 class Stream:
+    begin: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
     text: str = ""
     ttft: float = 0.0
     gaps: list[float] = field(default_factory=list)
     tokens: int = 0
     complete: bool = False
+
+    def choice(self, choice: dict[str, Any]) -> None:
+        """One streamed choice (OpenAI chunk shape): note its text, timing and end."""
+        piece = choice["delta"].get("content")
+        if piece:
+            now = time.perf_counter()
+            if not self.text:
+                self.ttft = now - self.begin
+            else:
+                self.gaps.append(now - self.last)
+            self.last = now
+            self.text += piece
+            self.tokens += 1
+        if choice.get("finish_reason"):
+            self.complete = True
 
 
 @dataclass
@@ -72,22 +90,9 @@ def raw(llama: llama_cpp.Llama, requests: int, tokens: int) -> Measure:
     streams = []
     start = time.perf_counter()
     for i in range(requests):
-        stream, begin = Stream(), time.perf_counter()
-        last = begin
+        stream = Stream()
         for chunk in llama.create_chat_completion(messages(i), stream=True, temperature=0.0, max_tokens=tokens):
-            choice = chunk["choices"][0]
-            piece = choice["delta"].get("content")
-            if piece:
-                now = time.perf_counter()
-                if not stream.text:
-                    stream.ttft = now - begin
-                else:
-                    stream.gaps.append(now - last)
-                last = now
-                stream.text += piece
-                stream.tokens += 1
-            if choice.get("finish_reason"):
-                stream.complete = True
+            stream.choice(chunk["choices"][0])  # type: ignore[index]
         streams.append(stream)
     return Measure(time.perf_counter() - start, streams)
 
@@ -97,27 +102,15 @@ async def one(client: httpx.AsyncClient, url: str, model: str, i: int, tokens: i
         "model": model, "messages": messages(i), "stream": True, "temperature": 0, "max_tokens": tokens,
         "stream_options": {"include_usage": True},
     }  # fmt: skip
-    stream, begin = Stream(), time.perf_counter()
-    last = begin
+    stream = Stream()
     async with client.stream("POST", url + "v1/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
             if event["choices"]:
-                choice = event["choices"][0]
-                piece = choice["delta"].get("content")
-                if piece:
-                    now = time.perf_counter()
-                    if not stream.text:
-                        stream.ttft = now - begin
-                    else:
-                        stream.gaps.append(now - last)
-                    last = now
-                    stream.text += piece
-                if choice.get("finish_reason"):
-                    stream.complete = True
-            if event.get("usage"):
+                stream.choice(event["choices"][0])
+            if event.get("usage"):  # a delta may carry several tokens: count them from usage
                 stream.tokens = event["usage"]["completion_tokens"]
     return stream
 

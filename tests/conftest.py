@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from mr_notebook.engine import Runner
+from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 
 
@@ -22,3 +25,12 @@ def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def store(store_home: Path) -> Store:
     return Store(store_home)
+
+
+@pytest.fixture
+async def runner(store: Store) -> AsyncIterator[Runner]:
+    """A Runner over this test's ``store`` (modules override that fixture with their models), closed after."""
+    runner = Runner(store, EngineSettings(keep_alive=30))
+    await runner.start()
+    yield runner
+    await runner.close()

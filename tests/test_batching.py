@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,6 @@ def store(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> Store:
     store.import_gguf(tiny_model_factory(reply='{"a": 1}'), "ai/json")
     store.import_gguf(tiny_model_factory(mixing=True, context_length=1024), "ai/mixing")
     return store
-
-
-@pytest.fixture
-async def runner(store: Store) -> AsyncIterator[Runner]:
-    runner = Runner(store, EngineSettings(keep_alive=30))
-    await runner.start()
-    yield runner
-    await runner.close()
 
 
 async def test_cancelling_one_of_several_running_sequences(runner: Runner) -> None:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,6 @@ def store(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> Store:
     store.import_gguf(tiny_model_factory(reply='{"a": 1}'), "ai/json")
     store.import_gguf(tiny_model_factory(context_length=64), "ai/short")
     return store
-
-
-@pytest.fixture
-async def runner(store: Store) -> AsyncIterator[Runner]:
-    runner = Runner(store, EngineSettings(keep_alive=30))
-    await runner.start()
-    yield runner
-    await runner.close()
 
 
 async def wait_until(predicate: Callable[[], bool], limit: float = 15.0) -> None:

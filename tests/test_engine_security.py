@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,6 @@ def store(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> Store:
     store.import_gguf(tiny_model_factory(), "ai/tiny")
     store.import_gguf(tiny_model_factory(reply=LOOP, never_stop=True), "ai/loop")
     return store
-
-
-@pytest.fixture
-async def runner(store: Store) -> AsyncIterator[Runner]:
-    runner = Runner(store, EngineSettings(keep_alive=30))
-    await runner.start()
-    yield runner
-    await runner.close()
 
 
 async def test_schema_that_made_llama_cpp_segfault_is_a_400_and_the_worker_lives(runner: Runner) -> None:
