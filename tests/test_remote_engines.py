@@ -28,6 +28,7 @@ from test_api_support import ServerProcess
 from test_protocol_support import HERMES_REPLY, HERMES_TEMPLATE, THINK_REPLY, THINK_TEMPLATE, WEATHER_TOOL
 
 from mr_notebook.cli import main
+from mr_notebook.client.remote import RemoteEngine
 from mr_notebook.engine.remote import EngineSpec, RemoteEngines, add_spec
 from mr_notebook.engine.remote.config import config_path
 from mr_notebook.errors import InvalidRequest, RemoteEngineError
@@ -35,6 +36,7 @@ from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.registry import free_port
 from mr_notebook.testing.servers import LoopbackServer
+from mr_notebook.widgets import chat
 
 HI = [{"role": "user", "content": "hi"}]
 ANSWERS = Path(__file__).parent / "remote_answers"
@@ -123,6 +125,19 @@ def test_chat_and_stream_through_our_endpoint(ours: ServerProcess) -> None:
     claude = anthropic.Anthropic(base_url=ours.url.rstrip("/"), api_key="unused", max_retries=0)
     message = claude.messages.create(model="box/tiny", max_tokens=64, messages=HI)  # type: ignore[arg-type]
     assert message.content[0].text == DEFAULT_REPLY  # type: ignore[union-attr]
+
+
+def test_chat_widget_talks_to_the_remote_model_through_our_endpoint(ours: ServerProcess) -> None:
+    # The widget's engine is our server (as in a kernel under Jupyter); the remote's key never reaches it.
+    engine = RemoteEngine(ours.url, timeout=60)
+    widget = chat("box/tiny", engine=engine)
+    try:
+        assert widget.send("hi", timeout=60) == DEFAULT_REPLY
+        assert [m["role"] for m in widget.messages] == ["user", "assistant"]
+        assert widget.messages[-1]["content"] == DEFAULT_REPLY
+    finally:
+        widget.close()
+        engine.close()
 
 
 def test_listing_status_and_direct_engine_root(ours: ServerProcess) -> None:
