@@ -122,6 +122,11 @@ def test_chat_and_stream_through_our_endpoint(ours: ServerProcess) -> None:
     answer = httpx.post(ours.url + "api/chat", json={"model": "box/tiny", "messages": HI, "stream": False}, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.json()["message"]["content"] == DEFAULT_REPLY
+    # Ollama's load (empty prompt) and unload (keep_alive 0) are the remote engine's business: done, no 404.
+    for keep_alive, reason in ((None, "load"), (0, "unload")):
+        body = {"model": "box/tiny", "prompt": "", "stream": False, "keep_alive": keep_alive}
+        done = httpx.post(ours.url + "api/generate", json={k: v for k, v in body.items() if v is not None}, timeout=60)
+        assert done.status_code == 200 and done.json()["done_reason"] == reason, done.text
     claude = anthropic.Anthropic(base_url=ours.url.rstrip("/"), api_key="unused", max_retries=0)
     message = claude.messages.create(model="box/tiny", max_tokens=64, messages=HI)  # type: ignore[arg-type]
     assert message.content[0].text == DEFAULT_REPLY  # type: ignore[union-attr]

@@ -200,6 +200,11 @@ class _OllamaGeneration(OllamaHandler):
         """An empty request loads the model; with ``keep_alive`` 0 it unloads it (Ollama's convention)."""
         runner = await self.ctx.ready_runner()
         seconds = keep_alive_seconds(body)
+        if runner.remote.resolve(model) is not None:
+            # A remote engine's model (issue 15): that engine decides what stays in its memory; nothing to do here.
+            reason = "unload" if seconds == 0 else "load"
+            self.write_json(self.envelope(model, **self.text_fields(""), done=True, done_reason=reason))
+            return
         if seconds == 0:
             await asyncio.to_thread(self.ctx.store.get, model)  # an unknown name is still a 404
             await runner.unload([model])
