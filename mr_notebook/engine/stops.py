@@ -9,6 +9,8 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self.stops = list(dict.fromkeys(s for s in stops if s))
         self.pending = ""
+        #: The stop string that ended the text, once one has (Anthropic's ``stop_sequence`` reports it).
+        self.matched: str | None = None
 
     def feed(self, text: str) -> tuple[str, bool]:
         if not self.stops:
@@ -16,10 +18,11 @@ class StopMatcher:
         buffer = self.pending + text
         if not any(stop[0] in buffer for stop in self.stops):
             return buffer, False  # the common case: nothing here can start a stop string
-        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, stop) for stop in self.stops if (i := buffer.find(stop)) >= 0]
         if hits:
+            at, self.matched = min(hits)
             self.pending = ""
-            return buffer[: min(hits)], True
+            return buffer[:at], True
         hold = 0
         for stop in self.stops:
             for size in range(min(len(stop) - 1, len(buffer)), hold, -1):

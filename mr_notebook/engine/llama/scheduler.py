@@ -370,7 +370,10 @@ class Scheduler:
             "cached_tokens": job.cached,
         }
         finish = "cancelled" if cancelled else job.choices[0].finish
-        self.send({"id": job.rid, "type": "done", "finish_reason": finish or "stop", "usage": usage})
+        done: dict[str, Any] = {"id": job.rid, "type": "done", "finish_reason": finish or "stop", "usage": usage}
+        if job.choices and job.choices[0].matcher.matched is not None:
+            done["stop_sequence"] = job.choices[0].matcher.matched
+        self.send(done)
 
     def _send_text(self, job: Job, choice: Choice) -> None:
         if job.n > 1:
