@@ -65,15 +65,19 @@ class ChatStream(Iterator[str]):
         self.finish_reason: str | None = None
         #: OpenAI ``logprobs.content`` entries received so far (requests with ``logprobs=True``), else None.
         self.logprobs: list[dict[str, Any]] | None = None
+        #: The model's reasoning so far (``reasoning_content``; ``<think>`` blocks), kept out of the text deltas.
+        self.reasoning = ""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = threading.Event()
         self._finished = False
         self._on_close: Callable[[], None] | None = None
 
     # -- producer side (engine implementations) ---------------------------------------------
-    def _emit(self, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+    def _emit(self, text: str, logprobs: list[dict[str, Any]] | None = None, reasoning: str = "") -> None:
         if logprobs:
             self.logprobs = (self.logprobs or []) + list(logprobs)
+        # A reasoning piece wakes the consumer with an empty delta, so a view can redraw ``reasoning``.
+        self.reasoning += reasoning
         self._queue.put(text)
 
     def _finish(self, finish_reason: str | None, usage: dict[str, int] | None) -> None:
@@ -148,10 +152,10 @@ class Choices:
         self._finish_reasons: dict[int, str] = {}
         self._deltas = [0] * n
 
-    def emit(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None) -> None:
+    def emit(self, index: int, text: str, logprobs: list[dict[str, Any]] | None = None, reasoning: str = "") -> None:
         if 0 <= index < len(self.streams):
             self._deltas[index] += 1
-            self.streams[index]._emit(text, logprobs)
+            self.streams[index]._emit(text, logprobs, reasoning)
 
     def choice_done(self, index: int, finish_reason: str | None) -> None:
         if finish_reason is not None:

@@ -54,6 +54,8 @@ class LocalEngine:
         self._sync: SyncRunner | None = None
         self._server: Any = None
         self._lock = threading.Lock()
+        #: (model id, configured template) → (template thinks, generation prompt opens <think>).
+        self._thinks: dict[tuple[str, str], tuple[bool, bool]] = {}
 
     def __repr__(self) -> str:
         return f"<LocalEngine store={str(self.store.home)!r} url={self.url!r}>"
@@ -206,17 +208,20 @@ class LocalEngine:
         generation = GenerationParams.from_request(params)
         sync = self.runner
         stream = ChatStream(model)
+        split = self._reasoning(model, params)
 
         async def produce() -> None:
             agen = sync.runner.chat(model, messages, generation)
             try:
                 async for chunk in agen:
                     if chunk.text or chunk.logprobs:
-                        stream._emit(chunk.text, chunk.logprobs)
+                        split.emit(stream, chunk.text, chunk.logprobs)
                     if chunk.finish_reason is not None or chunk.usage is not None:
+                        split.end(stream)
                         usage = chunk.usage.to_json() if chunk.usage is not None else None
                         stream._finish(chunk.finish_reason, usage)
                         return
+                split.end(stream)
                 stream._finish(None, None)
             except asyncio.CancelledError:
                 raise
@@ -240,17 +245,20 @@ class LocalEngine:
         generation = GenerationParams.from_request({**params, "n": n})
         sync = self.runner
         choices = Choices(model, n)
+        splits = [self._reasoning(model, params) for _ in range(n)]
 
         async def produce() -> None:
             agen = sync.runner.chat(model, messages, generation)
             usage = None
             try:
                 async for chunk in agen:
-                    if chunk.text or chunk.logprobs:
-                        choices.emit(chunk.index, chunk.text, chunk.logprobs)
+                    if (chunk.text or chunk.logprobs) and 0 <= chunk.index < n:
+                        splits[chunk.index].emit(choices.streams[chunk.index], chunk.text, chunk.logprobs)
                     choices.choice_done(chunk.index, chunk.finish_reason)
                     if chunk.usage is not None:
                         usage = chunk.usage.to_json()
+                for stream, split in zip(choices.streams, splits, strict=True):
+                    split.end(stream)
                 choices.finish(usage)
             except asyncio.CancelledError:
                 raise
@@ -267,6 +275,58 @@ class LocalEngine:
         choices.set_canceller(cancel)
         return choices.streams
 
+    def _reasoning(self, model: str, params: Mapping[str, Any]) -> _Reasoning:
+        """What splits ``<think>`` blocks out of this model's replies, as the HTTP API does for its clients
+        (``reasoning_content``), unless the request asks for the raw text (``reasoning_format: "none"``)."""
+        from mr_notebook.api import tools
+
+        if params.get("reasoning_format") == "none":
+            return _Reasoning(None)
+        if self.runner.runner.remote.resolve(model) is not None:
+            # A remote engine's reasoning comes back as <think> text (engine/remote/proxy.py).
+            return _Reasoning(tools.Splitter(family=None))
+        from mr_notebook.api.turns import template_of
+
+        record = self.store.get(model)
+        key = (record.id, str(record.settings.get("chat_template") or ""))
+        traits = self._thinks.get(key)
+        if traits is None:  # the template is read from the file's header: once per model
+            template = template_of(self.store, record)
+            traits = self._thinks[key] = (tools.template_thinks(template), tools.template_opens_think(template))
+        thinks, opens = traits
+        return _Reasoning(tools.Splitter(family=None, think_open=opens) if thinks else None)
+
     def embed(self, model: str, inputs: Lines) -> Vectors:
         result = self.runner.embed(model, inputs)
         return [list(vector) for vector in result.vectors]
+
+
+class _Reasoning:
+    """Sends a reply's text to its stream, reasoning (``<think>`` blocks) apart from the answer."""
+
+    def __init__(self, splitter: Any) -> None:
+        self.splitter = splitter
+
+    def emit(self, stream: ChatStream, text: str, logprobs: list[dict[str, Any]] | None) -> None:
+        if self.splitter is None or not text:
+            stream._emit(text, logprobs)
+            return
+        pieces = self.splitter.feed(text)
+        if not pieces:
+            stream._emit("", logprobs)  # held back (a partial marker); the logprobs still belong to the reply
+        for number, (kind, piece) in enumerate(pieces):
+            self._piece(stream, kind, piece, logprobs if number == 0 else None)
+
+    def end(self, stream: ChatStream) -> None:
+        """What the splitter held back (an unclosed ``<think>`` block, a partial marker)."""
+        if self.splitter is not None:
+            pieces, _calls = self.splitter.finish()
+            for kind, piece in pieces:
+                self._piece(stream, kind, piece, None)
+
+    @staticmethod
+    def _piece(stream: ChatStream, kind: str, piece: str, logprobs: list[dict[str, Any]] | None) -> None:
+        if kind == "content":
+            stream._emit(piece, logprobs)
+        else:
+            stream._emit("", logprobs, piece)

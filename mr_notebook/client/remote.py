@@ -362,16 +362,18 @@ class RemoteEngine:
             if chunk.get("usage"):
                 usage = {k: int(v) for k, v in chunk["usage"].items() if isinstance(v, int)}
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
+                delta = choice.get("delta") or {}
+                text, reasoning = delta.get("content"), delta.get("reasoning_content")
+                reasoning = reasoning if isinstance(reasoning, str) else ""
                 logprobs = (choice.get("logprobs") or {}).get("content")
                 index = int(choice.get("index") or 0)
                 if isinstance(sink, Choices):
-                    if text or logprobs:
-                        sink.emit(index, text or "", logprobs)
+                    if text or logprobs or reasoning:
+                        sink.emit(index, text or "", logprobs, reasoning)
                     sink.choice_done(index, choice.get("finish_reason"))
                     continue
-                if text or logprobs:
-                    sink._emit(text or "", logprobs)
+                if text or logprobs or reasoning:
+                    sink._emit(text or "", logprobs, reasoning)
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
         if isinstance(sink, Choices):
