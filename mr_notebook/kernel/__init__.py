@@ -31,16 +31,16 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def shell_engine() -> Engine | None:
-    """The engine of the running IPython shell's magics (loading the extension if needed); None outside IPython."""
+    """The engine of this process (:mod:`mr_notebook.current`) when running inside IPython, else None."""
     if "IPython" not in sys.modules:  # only look when IPython is there; importing it in a script is slow
         return None
     from IPython import get_ipython
 
-    shell = get_ipython()
-    if shell is None:
+    if get_ipython() is None:
         return None
-    engine: Engine = kernel_state(shell).engine
-    return engine
+    from mr_notebook import current
+
+    return current.engine()
 
 
 def kernel_state(ipython: Any) -> Any:

@@ -16,8 +16,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
+from mr_notebook.braces import resolve, substitute
 from mr_notebook.errors import MrNotebookError
-from mr_notebook.kernel.braces import resolve, substitute
 from mr_notebook.kernel.context import error_prompt, first_code_block, preview
 from mr_notebook.kernel.display import StreamView, rich_frontend, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, chat_parser, split

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 from IPython.core.error import UsageError
 
-from mr_notebook.kernel.braces import substitute
+from mr_notebook.braces import substitute
 
 
 class HelpShown(Exception):

@@ -44,15 +44,10 @@ def bundle(*names: str, libraries: dict[str, str] | None = None) -> str:
 
 
 def current_engine() -> tuple[Engine, bool]:
-    """(engine, whether the widget owns it): the magics' engine in IPython, else a fresh connection."""
-    from mr_notebook.client import connect
-    from mr_notebook.kernel import shell_engine
+    """(engine, whether the widget owns it): the engine of this process, shared with the magics."""
+    from mr_notebook import current
 
-    shared = shell_engine()
-    if shared is not None:
-        return shared, False
-
-    return connect(), True
+    return current.engine(), False
 
 
 def error_text(error: BaseException) -> str:

@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mr_notebook.braces import placeholders, substitute
 from mr_notebook.errors import InvalidRequest
-from mr_notebook.kernel.braces import placeholders, substitute
 from mr_notebook.workflows.schema import is_object_schema
 
 

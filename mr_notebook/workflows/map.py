@@ -53,24 +53,13 @@ class MapInterrupted(KeyboardInterrupt):
 
 
 def _engine_and_model(engine: Engine | None, model: str | None) -> tuple[Engine, str, Callable[[], None], Any]:
-    """(engine, model, close, kernel state or None): the kernel's engine and default model when in IPython."""
+    """(engine, model, close, usage or None): the engine of this process and its default model unless given."""
     state = None
     close: Callable[[], None] = lambda: None  # noqa: E731
     if engine is None:
-        from mr_notebook.kernel import shell_engine
+        from mr_notebook import current
 
-        engine = shell_engine()
-        if engine is not None:
-            from IPython import get_ipython
-
-            from mr_notebook.kernel import kernel_state
-
-            state = kernel_state(get_ipython())
-        else:
-            from mr_notebook.client import connect
-
-            engine = connect()
-            close = engine.close
+        engine, state = current.engine(), current.usage
     model = model or (state.default_model if state is not None else None)
     if not model:
         close()

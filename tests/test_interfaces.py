@@ -1,0 +1,84 @@
+"""Every interface gives the same answer to the same operation, and the layers import downwards only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mr_notebook
+
+PACKAGE = Path(mr_notebook.__file__).parent
+
+
+def _unit(module: str) -> str:
+    """``mr_notebook.kernel.chat`` → ``mr_notebook.kernel``: the packages and top modules the layers are made of."""
+    return ".".join(module.split(".")[:2])
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which unit imports which, counting imports inside functions (lazy imports are still dependencies)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        unit = _unit(".".join(parts))
+        if unit == "mr_notebook.__init__":  # the package root only re-exports, lazily
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                base = node.module
+                names = [f"{base}.{a.name}" for a in node.names] if base == "mr_notebook" else [base]
+            else:
+                continue
+            for name in names:
+                if name.startswith("mr_notebook.") and name != "mr_notebook.__version__":
+                    graph.setdefault(unit, set()).add(_unit(name))
+        graph.setdefault(unit, set()).discard(unit)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one unit (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                top = stack.pop()
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert "mr_notebook.kernel" in graph and "mr_notebook.widgets" in graph
+    assert cycles(graph) == []
+    # Widgets and helpers find the engine of the process in one place, not through the magics.
+    assert "mr_notebook.kernel" not in graph["mr_notebook.widgets"]
+    assert "mr_notebook.kernel" not in graph["mr_notebook.workflows"]
+    assert graph["mr_notebook.current"] == {"mr_notebook.client"}
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
