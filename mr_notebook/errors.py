@@ -194,3 +194,126 @@ class RemoteEngineTimeout(RemoteEngineError, TimeoutError):
 
     http_status = 504
     code = "remote_engine_timeout"
+
+
+class InvalidJSON(InvalidRequest):
+    """The request body is not valid JSON (or not a JSON object)."""
+
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A body sent without ``Content-Type: application/json`` (web pages can send text/plain cross-site)."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class StoreLocked(MrNotebookError, TimeoutError):
+    """Another process held the store's lock longer than we wait; the message names it (pid, command)."""
+
+    http_status = 503
+    code = "store_locked"
+    error_type = "server_error"
+    retry_after = 5
+
+
+class ServeError(MrNotebookError, OSError):
+    """The server cannot start: its address is taken, or a non-loopback bind has no API key."""
+
+    code = "serve_failed"
+    exit_code = 2
+
+
+class LockError(MrNotebookError, ValueError):
+    """A lock file (``mr-notebook.lock``) that cannot be read, or a store that does not match it."""
+
+    code = "lock_mismatch"
+    http_status = 409
+
+
+class ReplyNotJSON(MrNotebookError, ValueError):
+    """A reply was asked for as JSON (``--json``, ``--schema``, ``map(schema=…)``) and does not parse."""
+
+    code = "reply_not_json"
+    http_status = 502
+
+
+class PullRunning(MrNotebookError, RuntimeError):
+    """A second pull was asked for while one is running in this widget."""
+
+    http_status = 409
+    code = "pull_running"
+
+
+class ChatBusy(MrNotebookError, RuntimeError):
+    """A message was sent while the previous reply is still streaming."""
+
+    http_status = 409
+    code = "chat_busy"
+
+
+#: Every user-visible error, listed by hand: the wire code table in both directions. A class is found by its
+#: code here, never by walking ``__subclasses__()`` (which depends on what happens to be imported).
+#: tests/test_errors.py checks that every class above is listed and that codes are unique.
+ERRORS: tuple[type[MrNotebookError], ...] = (
+    MrNotebookError,
+    InvalidReference,
+    InvalidRequest,
+    ModelNotFound,
+    LocalFileNotFound,
+    InvalidModelFile,
+    ModelInUse,
+    StoreError,
+    PullError,
+    RemoteNotFound,
+    AuthenticationRequired,
+    DigestMismatch,
+    OfflineError,
+    InsufficientMemory,
+    ContextLengthExceeded,
+    QueueFull,
+    ModelLoadError,
+    WorkerCrashed,
+    EngineUnavailable,
+    Cancelled,
+    RemoteEngineError,
+    RemoteEngineTimeout,
+    InvalidJSON,
+    UnsupportedMediaType,
+    StoreLocked,
+    ServeError,
+    LockError,
+    ReplyNotJSON,
+    PullRunning,
+    ChatBusy,
+)
+
+#: Wire code → class (the other direction is each class's ``code``).
+BY_CODE: dict[str, type[MrNotebookError]] = {cls.code: cls for cls in ERRORS}
+
+
+def error_for_code(code: str | None, message: str, status: int = 500, param: str | None = None) -> MrNotebookError:
+    """Rebuild the error an HTTP answer describes (OpenAI's ``error.code``, the HTTP status) as our class.
+
+    An unknown code falls back on the status: 404 ModelNotFound, 401/403 EngineUnavailable (credentials),
+    other 4xx InvalidRequest, 499 Cancelled, else MrNotebookError. The status is kept on the error.
+    """
+    cls = BY_CODE.get(code or "")
+    if cls is None:
+        if status == 404:
+            cls = ModelNotFound
+        elif status in (401, 403):
+            cls = EngineUnavailable
+        elif status == 499:
+            cls = Cancelled
+        elif 400 <= status < 500:
+            cls = InvalidRequest
+        else:
+            cls = MrNotebookError
+    error = cls(message)
+    if param is not None:
+        error.param = param
+    if cls in (RemoteEngineError, RemoteEngineTimeout, MrNotebookError) and status >= 400:
+        error.http_status = status  # the status said more than the class (an engine's own 4xx, a 5xx)
+    return error

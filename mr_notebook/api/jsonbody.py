@@ -13,7 +13,7 @@ from itertools import chain, compress, repeat
 from operator import is_
 from typing import Any
 
-from mr_notebook.errors import InvalidRequest
+from mr_notebook.errors import InvalidJSON, UnsupportedMediaType
 
 #: Integers longer than this are refused: no field of the API needs more than 64 bits, and Python refuses to
 #: parse over 4,300 digits with a ValueError that is no JSON error.
@@ -24,19 +24,6 @@ MAX_JSON_DEPTH = 64
 _INT_LIMIT = 10**MAX_INT_DIGITS
 _CONTAINERS = frozenset({list, dict})
 _is_container = _CONTAINERS.__contains__
-
-
-class InvalidJSON(InvalidRequest):
-    """The request body is not valid JSON (or not a JSON object)."""
-
-    code = "invalid_json"
-
-
-class UnsupportedMediaType(InvalidRequest):
-    """A body sent without ``Content-Type: application/json`` (web pages can send text/plain cross-site)."""
-
-    http_status = 415
-    code = "unsupported_media_type"
 
 
 def _no_constant(name: str) -> Any:

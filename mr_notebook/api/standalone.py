@@ -25,7 +25,7 @@ from tornado.netutil import bind_sockets
 from mr_notebook.api.app import make_application
 from mr_notebook.api.context import ApiContext, ApiLimits
 from mr_notebook.api.origins import parse_origins
-from mr_notebook.errors import MrNotebookError
+from mr_notebook.errors import ServeError
 from mr_notebook.settings import DEFAULT_PORT, EngineSettings, runtime_file
 
 if TYPE_CHECKING:
@@ -35,13 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mr_notebook.api")
 #: What one read may buffer (Tornado's default is 100 MiB); bodies stream into the handlers in chunks.
 _READ_BUFFER = 1024 * 1024
-
-
-class ServeError(MrNotebookError, OSError):
-    """The server cannot start: its address is taken, or a non-loopback bind has no API key."""
-
-    code = "serve_failed"
-    exit_code = 2
 
 
 def is_loopback(host: str) -> bool:
