@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,17 @@ def test_system_blocks_max_tokens_and_stop_sequences(server: ServerProcess) -> N
     stopped = c.messages.create(model=MODEL, max_tokens=64, messages=ASK, stop_sequences=["tiny", "zebra"])
     assert stopped.content[0].text == REPLY.split("tiny")[0]  # type: ignore[union-attr]
     assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "tiny"
-    assert stopped.usage.output_tokens > 0  # the kept text, counted by the model's tokenizer
+    whole = c.messages.create(model=MODEL, max_tokens=64, messages=ASK)
+    # The engine matched the stop string and stopped generating there (its token counts say so).
+    assert 0 < stopped.usage.output_tokens < whole.usage.output_tokens
+    endless = c.messages.create(model=NEVER, max_tokens=200, messages=ASK, stop_sequences=["la la la"])
+    assert endless.stop_reason == "stop_sequence" and endless.stop_sequence == "la la la"
+    assert endless.usage.output_tokens < 10
     with c.messages.stream(model=MODEL, max_tokens=64, messages=ASK, stop_sequences=["model"]) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == REPLY.split("model")[0] and final.stop_reason == "stop_sequence" and final.stop_sequence == "model"
+    assert 0 < final.usage.output_tokens <= whole.usage.output_tokens
 
 
 def test_streaming_event_sequence(server: ServerProcess) -> None:
@@ -73,7 +80,12 @@ def test_streaming_event_sequence(server: ServerProcess) -> None:
     body = {"model": MODEL, "max_tokens": 64, "messages": ASK, "stream": True}
     with httpx.stream("POST", server.url + "v1/messages", json=body, timeout=60) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        names = [line.removeprefix("event: ") for line in response.iter_lines() if line.startswith("event: ")]
+        lines = list(response.iter_lines())
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    start = json.loads(next(line for line in lines if line.startswith("data: ")).removeprefix("data: "))
+    # message_start already knows the prompt's length: the same count as count_tokens and the final usage.
+    counted = client(server).messages.count_tokens(model=MODEL, messages=ASK).input_tokens
+    assert start["message"]["usage"]["input_tokens"] == counted == final.usage.input_tokens
     deltas = names.count("content_block_delta")
     assert deltas >= 1
     expected = ["message_start", "ping", "content_block_start"] + ["content_block_delta"] * deltas

@@ -17,8 +17,9 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.base import ApiHandler, describe_error
-from mr_notebook.api.tools import held_back, parse_tools
+from mr_notebook.api.tools import parse_tools
 from mr_notebook.api.turns import (
+    Timing,
     TurnEvent,
     TurnRequest,
     close_stream,
@@ -28,7 +29,7 @@ from mr_notebook.api.turns import (
     template_messages,
     write_family_error,
 )
-from mr_notebook.engine import Chunk, Usage
+from mr_notebook.engine import Chunk
 from mr_notebook.errors import InvalidRequest, MrNotebookError
 
 _ERROR_TYPES = {
@@ -179,6 +180,9 @@ def turn_from(body: dict[str, Any], model: str, messages: list[dict[str, Any]]) 
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             openai[key] = body[key]
+    stops = stop_sequences(body)
+    if stops:
+        openai["stop"] = stops  # matched by the engine, which says which one ended the answer
     if tools and choice != "none":
         openai["tools"] = openai_tools
     parallel = not (isinstance(choice_in, dict) and choice_in.get("disable_parallel_tool_use") is True)
@@ -192,29 +196,6 @@ def stop_sequences(body: dict[str, Any]) -> list[str]:
     return [s for s in value if s]
 
 
-class StopWatch:
-    """Matches stop sequences on streamed text here, not in the engine, so the answer can say which one hit."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.pending = stops, ""
-        self.hit: str | None = None
-
-    def feed(self, text: str) -> str:
-        buffer = self.pending + text
-        found = [(buffer.find(s), s) for s in self.stops if s in buffer]
-        if found:
-            index, self.hit = min(found)
-            self.pending = ""
-            return buffer[:index]
-        hold = held_back(buffer, tuple(self.stops))
-        self.pending = buffer[len(buffer) - hold :]
-        return buffer[: len(buffer) - hold]
-
-    def flush(self) -> str:
-        text, self.pending = self.pending, ""
-        return text
-
-
 class MessagesHandler(AnthropicHandler):
     """``POST /v1/messages``."""
 
@@ -224,7 +205,6 @@ class MessagesHandler(AnthropicHandler):
     async def post(self) -> None:
         body, model, messages = self.read_request()
         turn = turn_from(body, model, messages)
-        stops = stop_sequences(body)
         streaming = body.get("stream", False)
         if not isinstance(streaming, bool):
             raise InvalidRequest("stream must be true or false.", "stream")
@@ -233,21 +213,23 @@ class MessagesHandler(AnthropicHandler):
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(messages), params)
         self.message_id = "msg_" + uuid.uuid4().hex[:24]
-        await self.run_cancellable(self.answer(model, stream, run_turn(stream, turn, traits), stops, streaming))
+        timing = Timing(started=self.started_at)
+        events = run_turn(stream, turn, traits, timing)
+        await self.run_cancellable(self.answer(model, stream, events, timing, streaming))
 
     async def answer(
         self,
         model: str,
         stream: AsyncIterator[Chunk],
         events: AsyncIterator[TurnEvent],
-        stops: list[str],
+        timing: Timing,
         streaming: bool,
     ) -> None:
         try:
             if streaming:
-                await self._stream(model, events, StopWatch(stops))
+                await self._stream(model, events, timing)
             else:
-                await self._whole(model, events, StopWatch(stops))
+                await self._whole(model, events)
         except StreamClosedError:
             self.mark_client_gone()
         finally:
@@ -256,58 +238,49 @@ class MessagesHandler(AnthropicHandler):
     def _shell(self, model: str) -> dict[str, Any]:
         return {"id": self.message_id, "type": "message", "role": "assistant", "model": model, "content": []}
 
-    async def _output_tokens(self, model: str, text: str, usage: Usage | None) -> int:
-        if usage is not None:
-            return usage.completion_tokens
-        runner = await self.ctx.ready_runner()  # cut short by a stop sequence: count what was kept
-        return len(await runner.tokenize(model, text)) if text else 0
-
-    async def _whole(self, model: str, events: AsyncIterator[TurnEvent], watch: StopWatch) -> None:
+    async def _whole(self, model: str, events: AsyncIterator[TurnEvent]) -> None:
         thinking, text, blocks = "", "", []
         done: TurnEvent | None = None
         async for event in events:
             if event.kind == "reasoning":
                 thinking += event.text
-            elif event.kind == "content" and watch.hit is None:
-                text += watch.feed(event.text)
-                if watch.hit is not None:
-                    break  # leaving the loop closes the engine stream, which stops generation
+            elif event.kind == "content":
+                text += event.text
             elif event.kind == "call" and event.call is not None:
                 blocks.append({"type": "tool_use", "id": "toolu_" + event.call.id[5:], "name": event.call.name,
                                "input": event.call.arguments})  # fmt: skip
             elif event.kind == "done":
                 done = event
-        text += watch.flush() if watch.hit is None else ""
         content = [{"type": "thinking", "thinking": thinking, "signature": ""}] if thinking else []
         content += [{"type": "text", "text": text}] if text or not blocks else []
-        usage = done.usage if done is not None else None
         answer = self._shell(model)
-        answer.update(
-            content=content + blocks,
-            stop_reason=self._stop_reason(done, watch),
-            stop_sequence=watch.hit,
-            usage={
-                "input_tokens": usage.prompt_tokens if usage else 0,
-                "output_tokens": await self._output_tokens(model, thinking + text, usage),
-            },
-        )
+        answer.update(content=content + blocks, **self._ending(done))
         self.write_json(answer)
 
     @staticmethod
-    def _stop_reason(done: TurnEvent | None, watch: StopWatch) -> str:
-        if watch.hit is not None:
-            return "stop_sequence"
-        if done is not None and done.finish_reason == "tool_calls":
-            return "tool_use"
-        if done is not None and done.finish_reason == "length":
-            return "max_tokens"
-        return "end_turn"
+    def _ending(done: TurnEvent | None) -> dict[str, Any]:
+        """``stop_reason``, ``stop_sequence`` and ``usage`` of a finished answer."""
+        finish = done.finish_reason if done is not None else None
+        stop_sequence = done.stop_sequence if done is not None else None
+        if stop_sequence is not None:
+            reason = "stop_sequence"
+        else:
+            reason = {"tool_calls": "tool_use", "length": "max_tokens"}.get(finish or "", "end_turn")
+        usage = done.usage if done is not None else None
+        return {
+            "stop_reason": reason,
+            "stop_sequence": stop_sequence,
+            "usage": {
+                "input_tokens": usage.prompt_tokens if usage else 0,
+                "output_tokens": usage.completion_tokens if usage else 0,
+            },
+        }
 
     async def _event(self, name: str, data: dict[str, Any]) -> None:
         self.write(f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n")
         await self.flush()
 
-    async def _stream(self, model: str, events: AsyncIterator[TurnEvent], watch: StopWatch) -> None:
+    async def _stream(self, model: str, events: AsyncIterator[TurnEvent], timing: Timing) -> None:
         try:
             first: TurnEvent | None = await events.__anext__()
         except StopAsyncIteration:
@@ -315,10 +288,12 @@ class MessagesHandler(AnthropicHandler):
         # Errors before the first token were raised as a real HTTP status; from here on it is 200.
         self.start_stream("text/event-stream")
         start = self._shell(model)
-        start.update(stop_reason=None, stop_sequence=None, usage={"input_tokens": 0, "output_tokens": 0})
+        # The engine said how long the prompt is when the request got its slot, before the first event.
+        input_tokens = timing.prompt_tokens or 0
+        start.update(stop_reason=None, stop_sequence=None, usage={"input_tokens": input_tokens, "output_tokens": 0})
         await self._event("message_start", {"type": "message_start", "message": start})
         await self._event("ping", {"type": "ping"})
-        index, open_kind, said = -1, None, ""
+        index, open_kind = -1, None
         done: TurnEvent | None = None
 
         async def open_block(kind: str, block: dict[str, Any]) -> None:
@@ -335,7 +310,7 @@ class MessagesHandler(AnthropicHandler):
                 await self._event("content_block_stop", {"type": "content_block_stop", "index": index})
                 open_kind = None
 
-        async def delta(kind: str, payload: dict[str, Any]) -> None:
+        async def delta(payload: dict[str, Any]) -> None:
             await self._event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": payload})
 
         try:
@@ -344,17 +319,11 @@ class MessagesHandler(AnthropicHandler):
                 if event.kind == "reasoning":
                     if open_kind != "thinking":
                         await open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
-                    await delta("thinking", {"type": "thinking_delta", "thinking": event.text})
-                    said += event.text
-                elif event.kind == "content" and watch.hit is None:
-                    shown = watch.feed(event.text)
-                    if shown:
-                        if open_kind != "text":
-                            await open_block("text", {"type": "text", "text": ""})
-                        await delta("text", {"type": "text_delta", "text": shown})
-                        said += shown
-                    if watch.hit is not None:
-                        break  # leaving the loop closes the engine stream, which stops generation
+                    await delta({"type": "thinking_delta", "thinking": event.text})
+                elif event.kind == "content" and event.text:
+                    if open_kind != "text":
+                        await open_block("text", {"type": "text", "text": ""})
+                    await delta({"type": "text_delta", "text": event.text})
                 elif event.kind == "call" and event.call is not None:
                     block = {
                         "type": "tool_use",
@@ -363,32 +332,23 @@ class MessagesHandler(AnthropicHandler):
                         "input": {},
                     }
                     await open_block("tool_use", block)
-                    await delta("tool_use", {"type": "input_json_delta", "partial_json": event.call.arguments_json()})
+                    await delta({"type": "input_json_delta", "partial_json": event.call.arguments_json()})
                 elif event.kind == "done":
                     done = event
                 try:
                     event = await events.__anext__()
                 except StopAsyncIteration:
                     event = None
-            rest = watch.flush() if watch.hit is None else ""
-            if rest:
-                if open_kind != "text":
-                    await open_block("text", {"type": "text", "text": ""})
-                await delta("text", {"type": "text_delta", "text": rest})
-                said += rest
             if index < 0:  # nothing at all: still one (empty) text block, as Anthropic sends
                 await open_block("text", {"type": "text", "text": ""})
             await close_block()
-            usage = done.usage if done is not None else None
+            ending = self._ending(done)
             await self._event(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": self._stop_reason(done, watch), "stop_sequence": watch.hit},
-                    "usage": {
-                        "input_tokens": usage.prompt_tokens if usage else 0,
-                        "output_tokens": await self._output_tokens(model, said, usage),
-                    },
+                    "delta": {"stop_reason": ending["stop_reason"], "stop_sequence": ending["stop_sequence"]},
+                    "usage": ending["usage"],
                 },
             )
             await self._event("message_stop", {"type": "message_stop"})

@@ -210,6 +210,8 @@ class TurnEvent:
     logprobs: list[dict[str, Any]] | None = None
     #: Which of the ``n`` choices this event belongs to.
     index: int = 0
+    #: On ``done``: the stop string that ended the answer, when one did (the engine matched it).
+    stop_sequence: str | None = None
 
 
 @dataclass
@@ -219,6 +221,8 @@ class Timing:
     started: float = field(default_factory=time.perf_counter)
     first: float | None = None
     last: float | None = None
+    #: The prompt's length in tokens, as soon as the engine says (before the answer's first event).
+    prompt_tokens: int | None = None
 
 
 class _Choice:
@@ -270,6 +274,7 @@ async def run_turn(
     choices: dict[int, _Choice] = {}
     finishes: dict[int, str | None] = {}
     usage = Usage()
+    stop_sequence: str | None = None
 
     def choice(index: int) -> _Choice:
         if index not in choices:
@@ -281,6 +286,8 @@ async def run_turn(
             now = time.perf_counter()
             timing.first = timing.first if timing.first is not None else now
             timing.last = now
+            if chunk.prompt_tokens is not None:
+                timing.prompt_tokens = chunk.prompt_tokens
         current = choice(chunk.index)
         if chunk.logprobs:
             current.logprobs = (current.logprobs or []) + chunk.logprobs
@@ -296,6 +303,7 @@ async def run_turn(
             finishes[chunk.index] = chunk.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage
+        stop_sequence = chunk.stop_sequence or stop_sequence
     choice(0)
     for index in sorted(choices):
         if not choices[index].ended:
@@ -303,7 +311,7 @@ async def run_turn(
             finishes[index] = ended[-1].finish_reason
             for event in ended:
                 yield event
-    yield TurnEvent("done", finish_reason=finishes.get(0), usage=usage)
+    yield TurnEvent("done", finish_reason=finishes.get(0), usage=usage, stop_sequence=stop_sequence)
 
 
 async def close_stream(stream: Any) -> None:

@@ -89,6 +89,8 @@ class Pending:
     rid: int
     queue: asyncio.Queue[dict[str, Any] | MrNotebookError] = field(default_factory=asyncio.Queue)
     finished: bool = False
+    #: The prompt's length in tokens, from the worker's ``started`` message (generation requests).
+    prompt_tokens: int | None = None
 
 
 def exit_reason(returncode: int | None) -> str:
@@ -256,6 +258,8 @@ class WorkerHandle:
                 kind = message.get("type")
                 if kind == "started":
                     self.running.add(pending.rid)
+                    if "prompt_tokens" in message:
+                        pending.prompt_tokens = int(message["prompt_tokens"])
                     continue
                 pending.queue.put_nowait(message)
         except (OSError, ValueError) as exc:  # a line over max_line, broken JSON, a reset socket

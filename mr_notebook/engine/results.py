@@ -40,6 +40,11 @@ class Chunk:
     #: The choice this chunk belongs to (``n`` > 1). Then each choice ends with a chunk carrying its own
     #: ``finish_reason``, and the last chunk carries only ``usage`` (the sum over choices).
     index: int = 0
+    #: On the last chunk: the stop string that ended the answer, when one did (Anthropic's ``stop_sequence``).
+    stop_sequence: str | None = None
+    #: The prompt's length in tokens, known once the request has its slot (Anthropic's ``message_start``
+    #: reports it before the answer); None where the engine cannot tell (remote engines).
+    prompt_tokens: int | None = None
 
 
 @dataclass
@@ -50,6 +55,8 @@ class Completion:
     finish_reason: str | None
     usage: Usage
     logprobs: list[dict[str, Any]] | None = None
+    #: The stop string that ended the answer, when one did.
+    stop_sequence: str | None = None
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> Completion:
@@ -57,6 +64,7 @@ async def collect(stream: AsyncIterator[Chunk]) -> Completion:
     parts: list[str] = []
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None
     usage = Usage()
     async for chunk in stream:
         parts.append(chunk.text)
@@ -66,7 +74,8 @@ async def collect(stream: AsyncIterator[Chunk]) -> Completion:
             finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage
-    return Completion("".join(parts), finish_reason, usage, logprobs)
+        stop_sequence = chunk.stop_sequence or stop_sequence
+    return Completion("".join(parts), finish_reason, usage, logprobs, stop_sequence)
 
 
 async def collect_choices(stream: AsyncIterator[Chunk]) -> list[Completion]:

@@ -121,7 +121,12 @@ class Runner:
                 message = await handle.receive(pending)
                 kind = message["type"]
                 if kind == "delta":
-                    yield Chunk(text=message["text"], logprobs=message.get("logprobs"), index=message.get("index", 0))
+                    yield Chunk(
+                        text=message["text"],
+                        logprobs=message.get("logprobs"),
+                        index=message.get("index", 0),
+                        prompt_tokens=pending.prompt_tokens,
+                    )
                 elif kind == "finish":  # one of n > 1 choices ended
                     yield Chunk(index=int(message.get("index", 0)), finish_reason=message.get("finish_reason"))
                 else:
@@ -133,6 +138,8 @@ class Runner:
                             int(usage.get("completion_tokens", 0)),
                             int(usage.get("cached_tokens", 0)),
                         ),
+                        stop_sequence=message.get("stop_sequence"),
+                        prompt_tokens=pending.prompt_tokens,
                     )
         finally:
             # Runs on aclose() and on task cancellation too: an unfinished request is cancelled in the worker.

@@ -24,11 +24,11 @@ Worker → host::
                                                             after load; or an "error" without id, then exit 1
     {"type": "stats", "active", "queued", "batch_fill", "decodes", "embedding", "embedded"}
                                                             scheduler statistics while busy
-    {"id", "type": "started"}                               the request got its sequence slot(s)
+    {"id", "type": "started", "prompt_tokens"}              the request got its sequence slot(s)
     {"id", "type": "delta", "text", "logprobs", "index"}    streamed text (logprobs: OpenAI content entries;
                                                             index: the choice, only when n > 1)
     {"id", "type": "finish", "index", "finish_reason"}      one choice ended (only when n > 1)
-    {"id", "type": "done", "finish_reason", "usage": {"prompt_tokens", "completion_tokens"}}
+    {"id", "type": "done", "finish_reason", "usage": {"prompt_tokens", "completion_tokens"}, "stop_sequence"}
     {"id", "type": "vector", "index", "b64"}                one embedding (float32, little-endian, base64)
     {"id", "type": "result", ...}                           tokenize: tokens; detokenize: text;
                                                             embed: count, prompt_tokens (after the vectors)

@@ -233,7 +233,7 @@ class Scheduler:
             slot.choice = choice
             job.choices.append(choice)
         self.running.append(job)
-        self.send({"id": job.rid, "type": "started"})
+        self.send({"id": job.rid, "type": "started", "prompt_tokens": len(job.prompt)})
 
     # ------------------------------------------------------------------ one decode step
 
