@@ -17,6 +17,7 @@ import pytest
 
 from mr_notebook.client.local import LocalEngine
 from mr_notebook.errors import InvalidRequest, ModelNotFound, WorkerCrashed
+from mr_notebook.progress import Meter, Throttle, throttled
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 from mr_notebook.store.pull import PullProgress
@@ -25,7 +26,6 @@ from mr_notebook.testing.markup import FORMATTED, FORMATTED_HTML, PAYLOADS, iner
 from mr_notebook.testing.tiny_model import TinyModelFactory
 from mr_notebook.widgets import ChatBusy, ChatWidget, ModelManager, chat, manager
 from mr_notebook.widgets._common import MARKDOWN_LIBRARIES, bundle
-from mr_notebook.widgets.manager import _Meter
 
 REPLY = "One two three four five six seven eight nine ten."
 WAIT = 60.0
@@ -246,20 +246,46 @@ def test_manager_pull_can_be_cancelled(hub: tuple[LocalHub, Path], tmp_path: Pat
 
 
 def test_progress_meter_speed_and_eta() -> None:
-    meter = _Meter()
+    meter = Meter()
     mib = 1 << 20
 
     def event(done: int) -> PullProgress:
         return PullProgress("downloading", "Downloading", "sha256:x", done, 100 * mib, done, 100 * mib)
 
     first = meter.update(event(0), now=10.0)
-    assert first is not None and first["speed"] == 0 and first["eta"] is None
-    assert meter.update(event(mib), now=10.05) is None  # too soon: not sent
+    assert first["speed"] == 0 and first["eta"] is None
+    assert meter.update(event(mib), now=10.05)["speed"] == 0  # a window under a quarter second: no rate yet
     state = meter.update(event(10 * mib), now=11.0)
-    assert state is not None and state["speed"] == 10 * mib and state["eta"] == 9.0
+    assert state["speed"] == 10 * mib and state["eta"] == 9.0
     state = meter.update(event(30 * mib), now=12.0)  # 20 MiB/s now, smoothed with the past
-    assert state is not None and 10 * mib < state["speed"] < 20 * mib
+    assert 10 * mib < state["speed"] < 20 * mib
     assert state["eta"] == 70 * mib / state["speed"]
+
+
+def test_progress_is_throttled_once_keeping_status_changes_and_finished_layers() -> None:
+    clock = [0.0]
+    seen: list[tuple[str, str | None, int]] = []
+    throttle = Throttle(lambda e: seen.append((e.status, e.digest, e.completed)), clock=lambda: clock[0])
+    assert throttled(throttle) is throttle and throttled(None) is None
+
+    def event(status: str, digest: str, done: int, total: int = 100) -> PullProgress:
+        return PullProgress(status, status, digest, done, total, done, total)
+
+    throttle(event("resolving", "", 0, 0))
+    for done in range(1, 100):  # 99 chunks within 0.099 s: one event gets through, the first
+        clock[0] += 0.001
+        throttle(event("downloading", "sha256:a", done))
+    throttle(event("downloading", "sha256:a", 100))  # the layer finished: always sent
+    clock[0] += 0.2
+    throttle(event("downloading", "sha256:b", 5))
+    throttle(event("done", "sha256:b", 100))
+    assert seen == [
+        ("resolving", "", 0),
+        ("downloading", "sha256:a", 1),
+        ("downloading", "sha256:a", 100),
+        ("downloading", "sha256:b", 5),
+        ("done", "sha256:b", 100),
+    ]
 
 
 def test_model_chat_and_ui_magics_open_the_widgets_on_the_kernel_engine(

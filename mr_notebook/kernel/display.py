@@ -13,7 +13,7 @@ import html
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -272,8 +272,10 @@ class StreamView:
     #: Updates per second at most; each one renders the whole reply again.
     RATE = 20.0
 
-    def __init__(self, rich: bool) -> None:
+    def __init__(self, rich: bool, render: Callable[[str], Any] = SafeMarkdown) -> None:
         self.rich = rich
+        #: What a notebook shows for the text so far (``%%chat`` puts the model's reasoning above it).
+        self.render = render
         self._handle: Any = None
         self._last = 0.0
         self._cost = 0.0
@@ -289,9 +291,9 @@ class StreamView:
         # rendering), so a long reply does not slow the stream down.
         now = time.monotonic()
         if self._handle is None:
-            self._handle = show(SafeMarkdown(text), display_id=True)
+            self._handle = show(self.render(text), display_id=True)
         elif now - self._last >= max(1.0 / self.RATE, 3 * self._cost):
-            self._handle.update(SafeMarkdown(text))
+            self._handle.update(self.render(text))
         else:
             return
         self._last = time.monotonic()
@@ -306,31 +308,6 @@ class StreamView:
                 sys.stdout.write("\n")
             sys.stdout.flush()
         elif self._handle is None:
-            show(SafeMarkdown(text), metadata=metadata)
+            show(self.render(text), metadata=metadata)
         else:
-            self._handle.update(SafeMarkdown(text), metadata=metadata)
-
-
-class PullBar:
-    """A tqdm.auto bar (widget in a notebook, text on stderr in a terminal) fed by PullProgress events."""
-
-    def __init__(self, ref: str) -> None:
-        self.ref = ref
-        self._bar: Any = None
-
-    def __call__(self, event: Any) -> None:
-        if event.overall_total <= 0 and event.total <= 0:
-            return
-        total = event.overall_total or event.total
-        done = event.overall_completed if event.overall_total else event.completed
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=self.ref, leave=True)
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.update(max(0, done - self._bar.n))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+            self._handle.update(self.render(text), metadata=metadata)

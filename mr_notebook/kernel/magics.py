@@ -11,7 +11,6 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.kernel.display import (
     MarkdownText,
-    PullBar,
     Table,
     df_record,
     inspect_record,
@@ -23,6 +22,7 @@ from mr_notebook.kernel.display import (
 )
 from mr_notebook.kernel.parsing import HelpShown, model_parser, split
 from mr_notebook.kernel.state import KernelState
+from mr_notebook.progress import ProgressBar
 
 
 def _say(text: str) -> None:
@@ -73,7 +73,7 @@ class ModelMagics(Magics):
 
     # ------------------------------------------------------------------ store verbs
     def _verb_pull(self, args: Any) -> None:
-        bar = PullBar(args.ref)
+        bar = ProgressBar(args.ref)
         try:
             summary = self.state.engine.pull(args.ref, bar)
         finally:
@@ -244,7 +244,7 @@ class ModelMagics(Magics):
     def _verb_sync(self, args: Any) -> None:
         from mr_notebook.workflows.lock import sync
 
-        bar = PullBar(args.path)
+        bar = ProgressBar(args.path)
         try:
             models = sync(args.path, self.state.engine, _say, bar)
         finally:

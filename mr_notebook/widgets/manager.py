@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,6 +19,7 @@ import anywidget
 import traitlets
 
 from mr_notebook.errors import Cancelled, MrNotebookError
+from mr_notebook.progress import Meter
 from mr_notebook.widgets._common import STATIC, current_engine, engine_label, error_text
 
 if TYPE_CHECKING:
@@ -55,9 +55,6 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
     pull_state = traitlets.Dict().tag(sync=True)
     notice = traitlets.Dict({"text": "", "kind": "info"}).tag(sync=True)
     engine_info = traitlets.Unicode("").tag(sync=True)
-
-    #: Seconds between two progress updates sent to the front end during a pull.
-    progress_interval = 0.1
 
     def __init__(self, *, engine: Engine | None = None, refresh_interval: float = 5.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -124,12 +121,10 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
             cancel = self._cancel_pull = threading.Event()
         self.pull_state = {"active": True, "ref": ref, "status": "resolving", "message": f"Pulling {ref}…"}
         self.notice = {"text": "", "kind": "info"}
-        meter = _Meter()
+        meter = Meter()
 
-        def progress(event: PullProgress) -> None:
-            update = meter.update(event)
-            if update is not None:
-                self.pull_state = {"active": True, "ref": ref, **update}
+        def progress(event: PullProgress) -> None:  # events come throttled (mr_notebook.progress), ~10 a second
+            self.pull_state = {"active": True, "ref": ref, **meter.update(event)}
 
         def run() -> PullSummary:
             try:
@@ -257,53 +252,6 @@ def _rows(stored: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> list[di
                 }
             )
     return sorted(rows, key=lambda row: row["name"])
-
-
-class _Meter:
-    """Turns pull events into what the progress bar shows: bytes, speed (smoothed) and time left."""
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-        self._last_sent = 0.0
-        self._last_status = ""
-        self._sample: tuple[float, int] | None = None
-        self._speed = 0.0
-        self._completed = 0
-        self._total = 0
-
-    def update(self, event: PullProgress, now: float | None = None) -> dict[str, Any] | None:
-        """The new state, or None when it is too soon after the last one (the bar needs ~10 updates/s)."""
-        now = time.monotonic() if now is None else now
-        self._completed, self._total = event.overall_completed, event.overall_total
-        # Rates over windows of a quarter second at least: events can arrive every few kilobytes.
-        if self._sample is None or self._completed < self._sample[1]:
-            self._sample = (now, self._completed)
-        elif now - self._sample[0] >= 0.25:
-            rate = (self._completed - self._sample[1]) / (now - self._sample[0])
-            self._speed = rate if self._speed == 0 else 0.6 * self._speed + 0.4 * rate
-            self._sample = (now, self._completed)
-        if event.status == self._last_status and now - self._last_sent < ModelManager.progress_interval:
-            return None
-        self._last_status, self._last_sent = event.status, now
-        left = self._total - self._completed
-        eta = left / self._speed if self._speed > 0 and left > 0 else None
-        return {
-            "status": event.status,
-            "message": event.message,
-            "completed": self._completed,
-            "total": self._total,
-            "speed": self._speed,
-            "eta": eta,
-        }
-
-    def totals(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self._start
-        return {
-            "completed": self._completed,
-            "total": self._total,
-            "speed": self._completed / elapsed if elapsed > 0 else 0.0,
-            "eta": None,
-        }
 
 
 def _start_poller(widget: ModelManager, interval: float) -> None:
