@@ -118,6 +118,27 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(server: ServerProcess) -
     assert chat_load["done_reason"] == "load" and chat_load["message"]["content"] == ""
 
 
+def test_num_ctx_reloads_the_model_with_that_context(server: ServerProcess) -> None:
+    c = client(server)
+
+    def worker() -> tuple[object, object]:
+        (row,) = [r for r in server.ps() if r["model"] == EFFORT]
+        return row["pid"], row["context_size"]
+
+    assert c.chat(model=EFFORT, messages=ASK, options={"num_ctx": 512}).message.content
+    pid, size = worker()
+    assert size == 512 and {m.model: m for m in c.ps().models}[EFFORT].context_length == 512
+    c.generate(model=EFFORT, prompt="Hi", options={"num_ctx": 1024})
+    reloaded, size = worker()
+    assert reloaded != pid and size == 1024  # another context: a fresh worker, as Ollama reloads
+    c.chat(model=EFFORT, messages=ASK)
+    c.chat(model=EFFORT, messages=ASK, options={"num_ctx": 1024})
+    assert worker() == (reloaded, 1024)  # no num_ctx, or the same one: the loaded model serves
+    with pytest.raises(ollama.ResponseError) as bad:
+        c.chat(model=EFFORT, messages=ASK, options={"num_ctx": "big"})
+    assert bad.value.status_code == 400 and "num_ctx" in bad.value.error
+
+
 def test_embed_and_legacy_embeddings(server: ServerProcess) -> None:
     c = client(server)
     result = c.embed(model=EMBED, input=["hello world", "something else"])

@@ -87,6 +87,24 @@ class OllamaHandler(ApiHandler):
             self.mark_client_gone()
 
 
+#: The smallest ``num_ctx`` accepted: below it llama.cpp's batch and the chat template itself do not fit.
+MIN_NUM_CTX = 64
+
+
+def num_ctx(body: dict[str, Any]) -> int | None:
+    """``options.num_ctx``: the context the model must run with (a different one reloads it, as in Ollama)."""
+    options = body.get("options")
+    value = options.get("num_ctx") if isinstance(options, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_NUM_CTX:
+        raise InvalidRequest(
+            f"options.num_ctx must be an integer of at least {MIN_NUM_CTX} (the context size in tokens, e.g. 4096).",
+            "options",
+        )
+    return value
+
+
 def openai_body(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
     """An Ollama request's ``options``, ``format``, ``keep_alive``, ``tools`` and ``think`` as an OpenAI body."""
     out: dict[str, Any] = {"messages": messages}
@@ -210,7 +228,7 @@ class _OllamaGeneration(OllamaHandler):
             await runner.unload([model])
             reason = "unload"
         else:
-            await runner.load(model, keep_alive=seconds)
+            await runner.load(model, keep_alive=seconds, context_size=num_ctx(body))
             reason = "load"
         self.write_json(self.envelope(model, **self.text_fields(""), done=True, done_reason=reason))
 
@@ -270,17 +288,20 @@ class _OllamaGeneration(OllamaHandler):
         finally:
             await close_stream(stream)
 
-    async def load_first(self, model: str, keep_alive: float | None) -> None:
-        """Load the model apart from generating when it is not loaded yet, so load_duration is measured."""
+    async def load_first(self, model: str, keep_alive: float | None, context_size: int | None) -> None:
+        """Load the model apart from generating when it is not loaded yet, so load_duration is measured.
+
+        With ``context_size`` (``options.num_ctx``) a model loaded with another context is reloaded.
+        """
         runner = await self.ctx.ready_runner()
         if runner.remote.resolve(model) is not None:
             return  # a remote engine's model (issue 15): that engine loads it
         record = await asyncio.to_thread(self.ctx.store.get, model)
-        if any(status.id == record.id for status in runner.ps()):
+        if context_size is None and any(status.id == record.id for status in runner.ps()):
             return
         started = time.perf_counter()
         # keep_alive 0 applies when this request ends; loading with it would unload the model at once.
-        await runner.load(model, keep_alive=None if keep_alive == 0 else keep_alive)
+        await runner.load(model, keep_alive=None if keep_alive == 0 else keep_alive, context_size=context_size)
         self.load_seconds = time.perf_counter() - started
 
     def streaming(self, body: dict[str, Any]) -> bool:
@@ -311,7 +332,7 @@ class ChatHandler(_OllamaGeneration):
             model, openai, tools, "auto" if tools else "none", reasoning="drop" if think is False else "split"
         )
         params = engine_params(self.ctx, turn)
-        await self.load_first(model, params.keep_alive)
+        await self.load_first(model, params.keep_alive, num_ctx(body))
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(converted), params)
         await self.run_cancellable(self.answer(model, stream, turn, self.streaming(body)))
@@ -345,7 +366,7 @@ class GenerateHandler(_OllamaGeneration):
         think = body.get("think")
         turn = TurnRequest(model, openai_body(body, messages), reasoning="drop" if think is False else "split")
         params = engine_params(self.ctx, turn)
-        await self.load_first(model, params.keep_alive)
+        await self.load_first(model, params.keep_alive, num_ctx(body))
         if raw:
             text = await fill_in_the_middle(runner, model, prompt, suffix) if suffix else prompt
             stream = runner.complete(model, text, params)

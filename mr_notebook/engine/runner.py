@@ -210,14 +210,20 @@ class Runner:
         finally:
             self._release(handle)
 
-    async def load(self, model: str, *, keep_alive: float | None = None) -> ModelStatus:
-        """Preload a model (its keep_alive timer starts at once); a remote model is only looked up."""
+    async def load(
+        self, model: str, *, keep_alive: float | None = None, context_size: int | None = None
+    ) -> ModelStatus:
+        """Preload a model (its keep_alive timer starts at once); a remote model is only looked up.
+
+        ``context_size`` (Ollama's ``num_ctx``): a model loaded with another context is reloaded with this one
+        once its running requests have finished, as Ollama does.
+        """
         remote = self.remote.resolve(model)
         if remote is not None:
             now = time.time()
             engine = remote[0]
             return ModelStatus(model, f"remote:{engine.name}", 0, 0, 0, 0.0, None, now, now, engine.in_flight, 0)
-        handle = await self._acquire(model, keep_alive, queued=False)
+        handle = await self._acquire(model, keep_alive, queued=False, context_size=context_size)
         self._release(handle)
         return self._status(handle)
 
@@ -292,15 +298,19 @@ class Runner:
             return parse_duration(configured)
         return self.settings.keep_alive if requested is None else requested
 
-    async def _acquire(self, model: str, keep_alive: float | None, *, queued: bool) -> WorkerHandle:
+    async def _acquire(
+        self, model: str, keep_alive: float | None, *, queued: bool, context_size: int | None = None
+    ) -> WorkerHandle:
         """The model's running worker (loading it if needed), with this request counted on it."""
         await self.start()
         if not isinstance(model, str) or not model.strip():
             raise InvalidRequest("model must be a model name such as ai/smollm2.", "model")
         record = self.store.get(model)
         handle = self._handles.get(record.id)
+        if handle is not None and handle.alive and context_size and handle.config.get("n_ctx") != context_size:
+            await self._retire(handle)
         if handle is None or not handle.alive:
-            handle = await self._load(model, record)
+            handle = await self._load(model, record, context_size)
         if queued and handle.queued >= self.settings.max_queue:
             raise QueueFull(
                 f"{handle.queued} requests are already waiting for model {handle.name} "
@@ -314,6 +324,18 @@ class Runner:
             handle.timer.cancel()
             handle.timer = None
         return handle
+
+    async def _retire(self, handle: WorkerHandle) -> None:
+        """End a worker once its requests have finished (a reload must not cut other clients' answers)."""
+        deadline = time.monotonic() + self.settings.load_timeout
+        while handle.active > 0 and handle.alive:
+            if time.monotonic() > deadline:
+                raise QueueFull(
+                    f"Model {handle.name} is still busy, so it cannot be reloaded with another context size yet; "
+                    "retry in a moment, or send the request without a context size."
+                )
+            await asyncio.sleep(0.05)
+        await self._shutdown(handle)
 
     def _release(self, handle: WorkerHandle) -> None:
         handle.active -= 1
@@ -371,7 +393,7 @@ class Runner:
     def _parallel(self, record: ModelRecord) -> int:
         return int(record.settings.get("parallel") or self.settings.parallel or DEFAULT_PARALLEL)
 
-    async def _load(self, name: str, record: ModelRecord) -> WorkerHandle:
+    async def _load(self, name: str, record: ModelRecord, context_size: int | None = None) -> WorkerHandle:
         """Load a model once for every request that wants it; a requester that goes away does not stop it.
 
         A client timing out during a long load would otherwise cancel it, and the next attempt start over.
@@ -379,19 +401,19 @@ class Runner:
         """
         loading = self._loading.get(record.id)
         if loading is None:
-            loading = asyncio.ensure_future(self._load_now(name, record))
+            loading = asyncio.ensure_future(self._load_now(name, record, context_size))
             self._loading[record.id] = loading
             loading.add_done_callback(lambda _: self._loading.pop(record.id, None))
         return await asyncio.shield(loading)
 
-    async def _load_now(self, name: str, record: ModelRecord) -> WorkerHandle:
+    async def _load_now(self, name: str, record: ModelRecord, context_size: int | None = None) -> WorkerHandle:
         if self._load_lock is None:
             raise RuntimeError("Runner.start() was not awaited")
         async with self._load_lock:  # one load decision at a time keeps the memory accounting honest
             handle = self._handles.get(record.id)
             if handle is not None and handle.alive:
                 return handle
-            n_ctx = memory.context_size(record.settings, record.hints)
+            n_ctx = context_size or memory.context_size(record.settings, record.hints)
             need = memory.estimate(record.hints, n_ctx, self._parallel(record))
             await self._make_room(name, need)
             handle = WorkerHandle(
