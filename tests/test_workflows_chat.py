@@ -22,13 +22,21 @@ from mr_notebook.kernel import kernel_state
 from mr_notebook.kernel.chat import ChatReply
 from mr_notebook.kernel.compare import CompareView, Run
 from mr_notebook.kernel.context import first_code_block, preview
+from mr_notebook.kernel.reply import Reply
 from mr_notebook.kernel.tokens import TokenView
 from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.markup import PAYLOADS, inert_text
 from mr_notebook.testing.registry import LocalRegistry
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
 from mr_notebook.workflows.lock import LockError, read_lock, sync
 
+#: A model that thinks first (Qwen 3 style template); its reasoning is model text too.
+THINK_TEMPLATE = CHATML_TEMPLATE + (
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+)
+REASONING = 'The user greets me. <img src=x onerror="alert(1)"> & <script>steal()</script>'
+THINK_REPLY = f"<think>{REASONING}</think>Hello **there**!"
 CODE_REPLY = "Divide by a number that is not zero:\n```python\nx = 1 / 2\nprint(x)\n```\nThat is all."
 HOSTILE = '<img src=x onerror="alert(1)"> & <script>steal()</script>'
 
@@ -40,6 +48,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModel
     store.import_gguf(tiny_model_factory(context_length=8192), "ai/tiny")
     store.import_gguf(tiny_model_factory(reply=CODE_REPLY, context_length=8192), "ai/code")
     store.import_gguf(tiny_model_factory(reply=HOSTILE), "ai/hostile")
+    store.import_gguf(tiny_model_factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), "ai/thinker")
     return home
 
 
@@ -89,6 +98,35 @@ def test_insert_puts_the_first_code_block_into_a_new_cell(ip: InteractiveShell) 
     ip.rl_next_input = None
     result, out = run(ip, "%%chat -m ai/tiny --insert\nNo code here")
     assert ip.rl_next_input is None and "no code block" in out.stdout
+
+
+def test_reasoning_apart_from_the_answer_and_out_of_the_history(ip: InteractiveShell) -> None:
+    result, out = run(ip, "%%chat -m ai/thinker\nHi")
+    assert result.success, out.stderr
+    reply = ip.user_ns["_chat"]
+    assert (str(reply), reply.reasoning) == ("Hello **there**!", REASONING)
+    # A terminal has no collapsing: the reasoning comes first, dimmed, then the answer.
+    assert out.stdout.startswith(f"\x1b[2m{REASONING}\x1b[0m\n\nHello **there**!")
+    result, _ = run(ip, "%%chat -m ai/thinker\nAgain")
+    assert result.success
+    # The answer goes back to the model without its reasoning (what thinking templates expect).
+    assert ip.user_ns["_chat"].messages[:2] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello **there**!"},
+    ]
+    assert kernel_state(ip).conversation("ai/thinker").entries[1]["reasoning"] == REASONING
+
+
+def test_reasoning_shows_collapsed_above_the_answer_and_inert() -> None:
+    shown = Reply("Hello **there**!", REASONING)._repr_html_()
+    # Our one <details> (closed) comes first; model text never makes one (the checker refuses any).
+    assert shown.startswith("<details") and shown.count("<details") == shown.count("</details>") == 1
+    assert " open" not in shown and shown.index("</details>") < shown.index("<strong>there</strong>")
+    text = inert_text(shown.replace("<details", "<div", 1).replace("</details>", "</div>", 1))
+    assert REASONING in text and f"Reasoning ({len(REASONING.split())} words)" in text
+    # While the model thinks (no answer yet) the collapsed line says so.
+    assert "Thinking… (3 words)" in Reply("", "one two three", streaming=True)._repr_html_()
+    assert "<details" not in Reply("Just an answer.")._repr_html_()
 
 
 def test_first_code_block() -> None:
@@ -188,6 +226,7 @@ def test_preview_bounds() -> None:
 # ---------------------------------------------------------------------- lock → sync
 def test_lock_then_sync_round_trip(
     ip: InteractiveShell,
+    home: Path,
     local_registry: LocalRegistry,
     tiny_model_factory: TinyModelFactory,
     tmp_path: Path,
@@ -196,8 +235,7 @@ def test_lock_then_sync_round_trip(
     digest = local_registry.push_model("ai/pinned", "v1", [tiny_model_factory(reply="Pinned reply.")])
     first = tmp_path / "first"
     state = kernel_state(ip)
-    previous = state.engine
-    state._engine = LocalEngine(Store(first))  # this notebook's kernel, on its own store
+    state.use(LocalEngine(Store(first)))  # this notebook's kernel, on its own store
     try:
         run(ip, f"%model pull {name}")
         result, out = run(ip, f"%%chat -m {name}\nHi")
@@ -206,8 +244,7 @@ def test_lock_then_sync_round_trip(
         result, out = run(ip, f"%model lock {lock_path}")
         assert result.success and "Locked 1 model(s)" in out.stdout
     finally:
-        state._engine.close()
-        state._engine = previous
+        state.use(LocalEngine(Store(home)))  # closes the other one
     assert [(m.name, m.digest) for m in read_lock(lock_path)] == [(name, digest)]
     assert read_lock(lock_path)[0].source.endswith(f"ai/pinned@{digest}")
 

@@ -7,10 +7,11 @@ no engine code; the Runner starts with the first verb that needs a model (run, c
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mr_notebook.client.base import (
@@ -208,20 +209,20 @@ class LocalEngine:
         generation = GenerationParams.from_request(params)
         sync = self.runner
         stream = ChatStream(model)
-        split = self._reasoning(model, params)
+        split = self._reasoning(model, params, stream._emit)
 
         async def produce() -> None:
             agen = sync.runner.chat(model, messages, generation)
             try:
                 async for chunk in agen:
                     if chunk.text or chunk.logprobs:
-                        split.emit(stream, chunk.text, chunk.logprobs)
+                        split.emit(chunk.text, chunk.logprobs)
                     if chunk.finish_reason is not None or chunk.usage is not None:
-                        split.end(stream)
+                        split.end()
                         usage = chunk.usage.to_json() if chunk.usage is not None else None
                         stream._finish(chunk.finish_reason, usage)
                         return
-                split.end(stream)
+                split.end()
                 stream._finish(None, None)
             except asyncio.CancelledError:
                 raise
@@ -245,7 +246,7 @@ class LocalEngine:
         generation = GenerationParams.from_request({**params, "n": n})
         sync = self.runner
         choices = Choices(model, n)
-        splits = [self._reasoning(model, params) for _ in range(n)]
+        splits = [self._reasoning(model, params, functools.partial(choices.emit, i)) for i in range(n)]
 
         async def produce() -> None:
             agen = sync.runner.chat(model, messages, generation)
@@ -253,12 +254,12 @@ class LocalEngine:
             try:
                 async for chunk in agen:
                     if (chunk.text or chunk.logprobs) and 0 <= chunk.index < n:
-                        splits[chunk.index].emit(choices.streams[chunk.index], chunk.text, chunk.logprobs)
+                        splits[chunk.index].emit(chunk.text, chunk.logprobs)
                     choices.choice_done(chunk.index, chunk.finish_reason)
                     if chunk.usage is not None:
                         usage = chunk.usage.to_json()
-                for stream, split in zip(choices.streams, splits, strict=True):
-                    split.end(stream)
+                for split in splits:
+                    split.end()
                 choices.finish(usage)
             except asyncio.CancelledError:
                 raise
@@ -275,16 +276,16 @@ class LocalEngine:
         choices.set_canceller(cancel)
         return choices.streams
 
-    def _reasoning(self, model: str, params: Mapping[str, Any]) -> _Reasoning:
+    def _reasoning(self, model: str, params: Mapping[str, Any], sink: _Sink) -> _Reasoning:
         """What splits ``<think>`` blocks out of this model's replies, as the HTTP API does for its clients
         (``reasoning_content``), unless the request asks for the raw text (``reasoning_format: "none"``)."""
         from mr_notebook.api import tools
 
         if params.get("reasoning_format") == "none":
-            return _Reasoning(None)
+            return _Reasoning(sink, None)
         if self.runner.runner.remote.resolve(model) is not None:
             # A remote engine's reasoning comes back as <think> text (engine/remote/proxy.py).
-            return _Reasoning(tools.Splitter(family=None))
+            return _Reasoning(sink, tools.Splitter(family=None))
         from mr_notebook.api.turns import template_of
 
         record = self.store.get(model)
@@ -294,39 +295,42 @@ class LocalEngine:
             template = template_of(self.store, record)
             traits = self._thinks[key] = (tools.template_thinks(template), tools.template_opens_think(template))
         thinks, opens = traits
-        return _Reasoning(tools.Splitter(family=None, think_open=opens) if thinks else None)
+        return _Reasoning(sink, tools.Splitter(family=None, think_open=opens) if thinks else None)
 
     def embed(self, model: str, inputs: Lines) -> Vectors:
         result = self.runner.embed(model, inputs)
         return [list(vector) for vector in result.vectors]
 
 
+#: Where a reply's pieces go: ``ChatStream._emit`` or one choice's ``Choices.emit`` (text, logprobs, reasoning).
+_Sink = Callable[[str, "list[dict[str, Any]] | None", str], None]
+
+
 class _Reasoning:
     """Sends a reply's text to its stream, reasoning (``<think>`` blocks) apart from the answer."""
 
-    def __init__(self, splitter: Any) -> None:
-        self.splitter = splitter
+    def __init__(self, sink: _Sink, splitter: Any) -> None:
+        self.sink, self.splitter = sink, splitter
 
-    def emit(self, stream: ChatStream, text: str, logprobs: list[dict[str, Any]] | None) -> None:
+    def emit(self, text: str, logprobs: list[dict[str, Any]] | None) -> None:
         if self.splitter is None or not text:
-            stream._emit(text, logprobs)
+            self.sink(text, logprobs, "")
             return
         pieces = self.splitter.feed(text)
         if not pieces:
-            stream._emit("", logprobs)  # held back (a partial marker); the logprobs still belong to the reply
+            self.sink("", logprobs, "")  # held back (a partial marker); the logprobs still belong to the reply
         for number, (kind, piece) in enumerate(pieces):
-            self._piece(stream, kind, piece, logprobs if number == 0 else None)
+            self._piece(kind, piece, logprobs if number == 0 else None)
 
-    def end(self, stream: ChatStream) -> None:
+    def end(self) -> None:
         """What the splitter held back (an unclosed ``<think>`` block, a partial marker)."""
         if self.splitter is not None:
             pieces, _calls = self.splitter.finish()
             for kind, piece in pieces:
-                self._piece(stream, kind, piece, None)
+                self._piece(kind, piece, None)
 
-    @staticmethod
-    def _piece(stream: ChatStream, kind: str, piece: str, logprobs: list[dict[str, Any]] | None) -> None:
+    def _piece(self, kind: str, piece: str, logprobs: list[dict[str, Any]] | None) -> None:
         if kind == "content":
-            stream._emit(piece, logprobs)
+            self.sink(piece, logprobs, "")
         else:
-            stream._emit("", logprobs, piece)
+            self.sink("", logprobs, piece)

@@ -21,11 +21,14 @@ from mr_notebook.errors import MrNotebookError
 from mr_notebook.kernel.context import error_prompt, first_code_block, preview
 from mr_notebook.kernel.display import StreamView, rich_frontend, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, chat_parser, split
+from mr_notebook.kernel.reply import Reply
 from mr_notebook.kernel.state import KernelState
 from mr_notebook.workflows.provenance import ProvenanceSource
 from mr_notebook.workflows.schema import Parser, ReplyNotJSON, json_object, response_format
 
 __all__ = ["ChatReply", "GenerationStopped", "ReplyNotJSON", "chat_cell", "stream_reply"]
+
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
 
 #: Output metadata key under which %%chat saves provenance in the .ipynb.
 METADATA_KEY = "mr_notebook"
@@ -51,6 +54,8 @@ class ChatReply(str):
     provenance: dict[str, Any]
     #: OpenAI ``logprobs.content`` entries with ``--logprobs``, else None.
     logprobs: list[dict[str, Any]] | None
+    #: The model's reasoning (``reasoning_content``), shown collapsed above the answer; "" if none.
+    reasoning: str
 
     def __new__(
         cls,
@@ -63,19 +68,21 @@ class ChatReply(str):
         data: Any = None,
         provenance: dict[str, Any] | None = None,
         logprobs: list[dict[str, Any]] | None = None,
+        reasoning: str = "",
     ) -> ChatReply:
         reply = super().__new__(cls, text)
         reply.model, reply.messages, reply.usage = model, messages, usage
         reply.finish_reason, reply.data = finish_reason, data
-        reply.provenance, reply.logprobs = provenance or {}, logprobs
+        reply.provenance, reply.logprobs, reply.reasoning = provenance or {}, logprobs, reasoning
         return reply
 
 
 class Streamed:
-    """What :func:`stream_reply` got: text, usage, finish reason, logprobs."""
+    """What :func:`stream_reply` got: text, reasoning, usage, finish reason, logprobs."""
 
     def __init__(self, text: str, stream: Any) -> None:
         self.text = text
+        self.reasoning: str = stream.reasoning
         self.usage: dict[str, int] | None = stream.usage
         self.finish_reason: str | None = stream.finish_reason
         self.logprobs: list[dict[str, Any]] | None = stream.logprobs
@@ -89,22 +96,52 @@ def stream_reply(
     params: dict[str, Any],
     metadata: dict[str, Any] | None = None,
 ) -> Streamed:
-    """Stream one answer into the cell output (``metadata`` goes on the final output). Interrupt stops
-    the engine."""
-    view = StreamView(rich_frontend(shell))
-    parts: list[str] = []
+    """Stream one answer into the cell output (``metadata`` goes on the final output), the model's reasoning
+    collapsed above it. Interrupt stops the engine."""
+    rich = rich_frontend(shell)
     stream = state.engine.chat_stream(model, messages, **params)
+    view = StreamView(rich, render=lambda text: Reply(text, stream.reasoning, streaming=True))
+    thoughts = _Thoughts(rich)
+    parts: list[str] = []
     try:
         with stream:  # leaving the block (an interrupt included) closes it: the engine stops generating
             for delta in stream:
+                thoughts.update(stream.reasoning, delta)
                 parts.append(delta)
                 view.update("".join(parts))
     except KeyboardInterrupt:
+        thoughts.end()
+        view.render = lambda text: Reply(text, stream.reasoning)
         view.finish("".join(parts) + ("\n\n" if parts else "") + "*[stopped]*")
         raise GenerationStopped from None
+    thoughts.end()
     result = Streamed("".join(parts), stream)
+    view.render = lambda text: Reply(text, result.reasoning)
     view.finish(result.text, metadata)
     return result
+
+
+class _Thoughts:
+    """In a terminal, the reasoning is written dimmed as it comes, before the answer (no collapsing there)."""
+
+    def __init__(self, rich: bool) -> None:
+        self.rich, self.written, self.closed = rich, 0, False
+
+    def update(self, reasoning: str, delta: str) -> None:
+        if self.rich or self.closed:
+            return
+        if len(reasoning) > self.written:
+            sys.stdout.write((_DIM if not self.written else "") + reasoning[self.written :])
+            self.written = len(reasoning)
+        if delta and self.written:
+            self.end()
+            sys.stdout.write("\n")  # a blank line, then the answer
+        sys.stdout.flush()
+
+    def end(self) -> None:
+        if self.written and not self.closed:
+            sys.stdout.write(_RESET + "\n")
+            self.closed = True
 
 
 def _response_format(args: Any, namespace: dict[str, Any]) -> tuple[dict[str, Any] | None, Parser | None]:
@@ -196,10 +233,11 @@ def chat_cell(shell: Any, state: KernelState, line: str, cell: str) -> None:
             finish_reason=streamed.finish_reason,
             provenance=provenance,
             logprobs=streamed.logprobs,
+            reasoning=streamed.reasoning,
         )
         namespace["_chat"] = reply  # also when the JSON below does not parse: the text stays reachable
         if not args.no_history:
-            conversation.record(user, streamed.text)
+            conversation.record(user, streamed.text, reasoning=streamed.reasoning)
         _after_reply(shell, args, reply, used)
         if parse is not None:
             reply.data = parse(streamed.text)
@@ -296,6 +334,7 @@ def _compare(shell: Any, state: KernelState, args: Any, models: list[str], user:
                 usage=run.usage,
                 finish_reason=run.finish_reason,
                 provenance=provenance,
+                reasoning=run.reasoning,
             )
         )
     shell.user_ns["_chat"] = replies

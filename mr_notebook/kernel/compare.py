@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mr_notebook.client import ChatStream, Engine
-from mr_notebook.kernel.display import markdown_html, rich_frontend, show
+from mr_notebook.kernel.display import rich_frontend, show
+from mr_notebook.kernel.reply import reply_html
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Run:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str:
+        return self.stream.reasoning if self.stream is not None else ""
 
     @property
     def ttft(self) -> float | None:
@@ -85,12 +90,14 @@ class CompareView:
         return run.text
 
     def _repr_html_(self) -> str:
-        # Model text goes through the one safe Markdown renderer (sanitised, never live markup).
+        # Model text goes through the one safe Markdown renderer (sanitised, never live markup), the reasoning
+        # collapsed above the answer.
         columns = "".join(
             "<div style='flex:1 1 0;min-width:12em;border:1px solid #8884;border-radius:4px;padding:6px'>"
             f"<div style='font-weight:bold'>{html.escape(run.label)}</div>"
             f"<div style='font-size:smaller;opacity:.7'>{html.escape(run.stats())}</div>"
-            f"<div style='margin-top:4px'>{markdown_html(self._body(run))}</div></div>"
+            f"<div style='margin-top:4px'>{reply_html(self._body(run), run.reasoning, streaming=run.ended is None)}"
+            "</div></div>"
             for run in self.runs
         )
         return f"<div class='mr-notebook-compare' style='display:flex;gap:8px;align-items:flex-start'>{columns}</div>"
