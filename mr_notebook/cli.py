@@ -111,7 +111,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     store = _store(args)
     RemoteEngines(store.home).refuse(args.names, "rm")
-    for line in store.remove(args.names, force=args.force):
+    removal = store.remove(args.names, force=args.force)
+    for line in [f"Untagged: {name}" for name in removal.untagged] + [f"Deleted: {mid}" for mid in removal.deleted]:
         print(line)
     return 0
 

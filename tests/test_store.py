@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mr_notebook.errors import InvalidModelFile, LocalFileNotFound, ModelInUse, ModelNotFound
-from mr_notebook.store import Store, parse_ref, sha256_file
+from mr_notebook.errors import InvalidModelFile, LocalFileNotFound, ModelInUse, ModelNotFound, StoreLocked
+from mr_notebook.store import Removal, Store, parse_ref, sha256_file
 from mr_notebook.testing import TinyModelFactory
 
 
@@ -64,9 +66,10 @@ def test_remove_untags_then_deletes_unused_blobs(store: Store, tiny_model_factor
     one = store.import_gguf(tiny_model_factory(), "one")
     store.tag("one", "alias")
     other = store.import_gguf(tiny_model_factory(reply="Another answer."), "two")
-    assert store.remove(["one"]) == ["Untagged: ai/one:latest"]
+    assert store.remove(["one"]) == Removal(untagged=["ai/one:latest"], deleted=[])
     assert store.has_blob(one.files[0].digest)
-    assert store.remove(["alias"]) == ["Untagged: ai/alias:latest", f"Deleted: {one.id}"]
+    assert store.doomed(["alias"]) == [store.get("alias")]
+    assert store.remove(["alias"]) == Removal(untagged=["ai/alias:latest"], deleted=[one.id])
     assert not store.has_blob(one.files[0].digest)
     assert store.has_blob(other.files[0].digest)
     with pytest.raises(ModelNotFound, match="mr-notebook pull ai/one:latest"):
@@ -78,7 +81,10 @@ def test_remove_by_id_with_several_names_needs_force(store: Store, tiny_model: P
     store.tag("one", "two")
     with pytest.raises(ModelInUse, match="several names"):
         store.remove([record.short_id])
-    assert len(store.remove([record.short_id], force=True)) == 3
+    with pytest.raises(ModelInUse, match="several names"):
+        store.doomed([record.short_id])
+    removal = store.remove([record.short_id], force=True)
+    assert removal == Removal(untagged=["ai/one:latest", "ai/two:latest"], deleted=[record.id])
     assert store.list() == []
 
 
@@ -181,3 +187,22 @@ def test_no_name_addresses_a_path_outside_the_store(store: Store, tiny_model: Pa
     assert all(str(p).startswith(str(store.home.resolve()) + os.sep) for p in inside)
     assert {p.parent.name for p in store.home.glob("models/*")} == {"models"}
     assert store.get(name).id == store.get("base").id
+
+
+def test_a_held_index_lock_times_out_naming_its_holder(tmp_path: Path, tiny_model: Path) -> None:
+    store = Store(tmp_path / "home", lock_timeout=0.5)
+    store.import_gguf(tiny_model, "one")
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "mr_notebook.testing.lock_holder", str(store.home), "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(StoreLocked, match=rf"process {holder.pid} \('lock_holder.py.*MR_NOTEBOOK_LOCK_TIMEOUT"):
+            store.tag("one", "two")
+        assert store.get("one").tags == ["ai/one:latest"]  # reading needs no lock
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert store.tag("one", "two").tags == ["ai/one:latest", "ai/two:latest"]

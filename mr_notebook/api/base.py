@@ -20,9 +20,10 @@ from typing import Any, ClassVar
 import tornado.web
 
 from mr_notebook.api.context import SETTINGS_KEY, ApiContext
-from mr_notebook.api.jsonbody import InvalidJSON, parse_json, require_json_content_type
+from mr_notebook.api.jsonbody import parse_json, require_json_content_type
 from mr_notebook.api.origins import BrowserCheck, check_browser_request, cors_headers
-from mr_notebook.errors import MrNotebookError
+from mr_notebook.errors import InvalidJSON, MrNotebookError
+from mr_notebook.hosts import is_loopback
 
 log = logging.getLogger("mr_notebook.api")
 
@@ -32,7 +33,6 @@ API_KEY_SETTING = "mr_notebook_api_key"
 ALLOWED_HOSTS_SETTING = "mr_notebook_allowed_hosts"
 #: Application setting: Origin patterns (besides this server's own loopback origins) a standalone server accepts.
 ALLOWED_ORIGINS_SETTING = "mr_notebook_allowed_origins"
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1", ""})
 
 _STATUS_CODES = {
     400: "invalid_request",
@@ -229,8 +229,9 @@ class StandaloneAuth(tornado.web.RequestHandler):
         if key is None:
             # Without a key only loopback names are accepted, so a web page cannot reach the server
             # through DNS rebinding (the browser sends the attacker's host name).
-            allowed = _LOOPBACK_NAMES | set(self.settings.get(ALLOWED_HOSTS_SETTING, ()))
-            if self.request.host_name not in allowed:
+            name = self.request.host_name
+            allowed = set(self.settings.get(ALLOWED_HOSTS_SETTING, ()))
+            if name and not is_loopback(name) and name not in allowed:  # no Host at all: HTTP/1.0, not a browser
                 raise tornado.web.HTTPError(
                     403,
                     "Host %r is not allowed; start the server with an API key to serve other hosts.",

@@ -79,7 +79,7 @@ class ModelHandler(ApiHandler):
                 )
             await runner.unload(loaded)
         done = await asyncio.to_thread(store.remove, [ref], force=force)
-        self.write_json([{kind: value} for kind, _, value in (line.partition(": ") for line in done)])
+        self.write_json(done.to_json())
 
 
 class PurgeHandler(ApiHandler):

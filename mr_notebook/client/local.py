@@ -142,7 +142,8 @@ class LocalEngine:
                 )
             if busy:
                 self._sync.unload([self._loaded_name(ref, loaded) or ref for ref in busy])
-        return self.store.remove(refs, force=force)
+        removal = self.store.remove(refs, force=force)
+        return [f"Untagged: {name}" for name in removal.untagged] + [f"Deleted: {mid}" for mid in removal.deleted]
 
     def _loaded_name(self, ref: str, loaded: set[str]) -> str | None:
         if ref in loaded:

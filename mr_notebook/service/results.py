@@ -13,7 +13,7 @@ from typing import Any
 
 from mr_notebook.engine.results import ModelStatus
 from mr_notebook.store.pull.common import PullProgress, PullResult
-from mr_notebook.store.records import ModelRecord
+from mr_notebook.store.records import ModelRecord, Removal
 
 __all__ = [
     "DiskUsage",
@@ -76,19 +76,6 @@ class RemoteModel:
 
 #: A row of ``list`` / the answer of ``inspect``: a stored model or a remote engine's model.
 ModelEntry = ModelRecord | RemoteModel
-
-
-@dataclass(frozen=True)
-class Removal:
-    """What ``rm`` did: names removed, models deleted (no name left), loaded models ended first."""
-
-    untagged: list[str]
-    deleted: list[str]
-    unloaded: list[str] = field(default_factory=list)
-
-    def to_json(self) -> list[dict[str, str]]:
-        """Docker's answer: ``[{"Untagged": name}, …, {"Deleted": id}]``."""
-        return [{"Untagged": name} for name in self.untagged] + [{"Deleted": mid} for mid in self.deleted]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from mr_notebook.store.store import (
     GGUF_MEDIA_TYPE,
     ModelFile,
     ModelRecord,
+    Removal,
     Store,
     sha256_file,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "ModelFile",
     "ModelRecord",
     "ModelRef",
+    "Removal",
     "Store",
     "format_bytes",
     "format_parameters",

@@ -19,6 +19,8 @@ from mr_notebook.errors import DigestMismatch, StoreError
 from mr_notebook.store import external
 from mr_notebook.store.files import fsync_dir, sha256_file
 from mr_notebook.store.leases import Lease, live_digests
+from mr_notebook.store.locking import StoreLock
+from mr_notebook.store.locking import lock_timeout as lock_timeout_setting
 from mr_notebook.store.records import GGUF_MEDIA_TYPE, ModelFile
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -27,8 +29,10 @@ _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 class BlobStore:
     """``blobs/sha256/<hex>`` files and their locks under ``home``."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, lock_timeout: float | None = None) -> None:
         self.home = home
+        #: Seconds to wait for the index lock before StoreLocked (-1: forever).
+        self.lock_timeout = lock_timeout_setting() if lock_timeout is None else lock_timeout
         self.blobs_dir = home / "blobs" / "sha256"
         self.locks_dir = home / "locks"
         self.leases_dir = home / "leases"
@@ -65,9 +69,10 @@ class BlobStore:
         self.ensure()
         return FileLock(str(self.locks_dir / f"blob-{self._hex(digest)}.lock"), timeout=timeout)
 
-    def index_lock(self) -> FileLock:
+    def index_lock(self) -> StoreLock:
+        """Held to change the index; waiting ends with StoreLocked (naming the holder) after ``lock_timeout``."""
         self.ensure()
-        return FileLock(str(self.locks_dir / "index.lock"))
+        return StoreLock(self.locks_dir / "index.lock", "index lock", self.lock_timeout)
 
     @contextmanager
     def lease(self, digests: Iterable[str] = ()) -> Iterator[Lease]:

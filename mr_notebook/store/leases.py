@@ -18,12 +18,13 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from mr_notebook.store.files import write_json_atomic
+from mr_notebook.store.locking import StoreLock
 
 
 class Lease:
     """One pull's claim on digests; :meth:`add` extends it, :meth:`release` ends it."""
 
-    def __init__(self, folder: Path, index_lock: FileLock) -> None:
+    def __init__(self, folder: Path, index_lock: StoreLock) -> None:
         self._index_lock = index_lock
         self.id = uuid.uuid4().hex
         self.path = folder / f"{self.id}.json"

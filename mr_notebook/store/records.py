@@ -62,6 +62,19 @@ class ModelRecord:
         }
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What ``rm`` did: names removed, models deleted (no name left); the service adds loaded models it ended."""
+
+    untagged: list[str]
+    deleted: list[str]
+    unloaded: list[str] = field(default_factory=list)
+
+    def to_json(self) -> list[dict[str, str]]:
+        """Docker's answer: ``[{"Untagged": name}, …, {"Deleted": id}]``."""
+        return [{"Untagged": name} for name in self.untagged] + [{"Deleted": mid} for mid in self.deleted]
+
+
 def config_from(info: GGUFInfo, registry: dict[str, Any]) -> dict[str, Any]:
     """Docker Model Runner's config block: from the GGUF header, the registry's values winning."""
     config: dict[str, Any] = {

@@ -43,6 +43,7 @@ from mr_notebook.store.records import (
     SETTING_KEYS,
     ModelFile,
     ModelRecord,
+    Removal,
     config_from,
     hints_from,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "SETTING_KEYS",
     "ModelFile",
     "ModelRecord",
+    "Removal",
     "Store",
     "sha256_file",
     "write_json_atomic",
@@ -67,8 +69,8 @@ _ID_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})$")
 class Store(BlobStore):
     """A model store rooted at ``home``; safe to share between processes."""
 
-    def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        super().__init__(Path(home) if home is not None else default_home())
+    def __init__(self, home: str | os.PathLike[str] | None = None, *, lock_timeout: float | None = None) -> None:
+        super().__init__(Path(home) if home is not None else default_home(), lock_timeout)
         self.models_dir = self.home / "models"
         self.links_dir = self.home / "links"
         self.index_path = self.home / "index.json"
@@ -278,30 +280,44 @@ class Store(BlobStore):
             record.tags = sorted(t for t, i in index.items() if i == record.id)
         return record
 
-    def remove(self, names: Iterable[str], *, force: bool = False) -> builtins.list[str]:
+    def _plan_removal(
+        self, index: dict[str, str], names: Iterable[str], force: bool
+    ) -> tuple[builtins.list[str], builtins.list[ModelRecord]]:
+        """(names to untag, models left with no name) for ``remove``; raises as ``remove`` would."""
+        index = dict(index)
+        untag: builtins.list[str] = []
+        doomed: builtins.list[ModelRecord] = []
+        for text in names:
+            asked, record = self._find(index, text)
+            if asked in index:
+                gone = [asked]
+            else:  # asked by id or digest: that means every name
+                gone = sorted(t for t, i in index.items() if i == record.id)
+                if len(gone) > 1 and not force:
+                    raise ModelInUse(
+                        f"Model {record.short_id} has several names ({', '.join(gone)}); "
+                        "remove them by name, or use force (-f) to remove them all."
+                    )
+            for tag in gone:
+                del index[tag]
+            untag.extend(gone)
+            if record.id not in index.values() and all(r.id != record.id for r in doomed):
+                doomed.append(record)
+        return untag, doomed
+
+    def doomed(self, names: Iterable[str], *, force: bool = False) -> builtins.list[ModelRecord]:
+        """The models ``remove(names)`` would delete (no name left), without changing anything."""
+        return self._plan_removal(self._read_index(), names, force)[1]
+
+    def remove(self, names: Iterable[str], *, force: bool = False) -> Removal:
         """Untag each name; a model with no name left is deleted with the blobs nothing else uses."""
-        done: builtins.list[str] = []
         orphans: builtins.list[str] = []
         with self._locked_index(orphans) as index:
-            for text in names:
-                asked, record = self._find(index, text)
-                if asked in index:
-                    del index[asked]
-                    done.append(f"Untagged: {asked}")
-                else:  # asked by id or digest: that means every name
-                    tags = [t for t, i in index.items() if i == record.id]
-                    if len(tags) > 1 and not force:
-                        raise ModelInUse(
-                            f"Model {record.short_id} has several names ({', '.join(sorted(tags))}); "
-                            "remove them by name, or use force (-f) to remove them all."
-                        )
-                    for tag in tags:
-                        del index[tag]
-                        done.append(f"Untagged: {tag}")
-                if record.id not in index.values():
-                    orphans.append(record.id)
-                    done.append(f"Deleted: {record.id}")
-        return done
+            untag, doomed = self._plan_removal(index, names, force)
+            for tag in untag:
+                del index[tag]
+            orphans.extend(record.id for record in doomed)
+        return Removal(untagged=untag, deleted=[record.id for record in doomed])
 
     def _delete_model(self, model_id: str, index: dict[str, str]) -> None:
         """Drop a manifest and the blobs no remaining manifest uses (caller holds the index lock)."""

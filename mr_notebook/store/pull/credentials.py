@@ -20,13 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mr_notebook.errors import PullError
+from mr_notebook.hosts import is_loopback
 
 HUB_HOST = "registry-1.docker.io"
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in {"localhost", "[::1]"} or name.startswith("127.")
 
 
 def scheme_for(host: str, env: Mapping[str, str]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from mr_notebook.digests import short_id
 from mr_notebook.errors import PullError, RemoteNotFound
 from mr_notebook.store.pull.common import (
     PullResult,
@@ -135,7 +136,7 @@ def _pull(store: Store, ref: ModelRef, client: RegistryClient, reporter: Reporte
     # The lease keeps committed layers from prune/purge/rm until the manifest names them.
     with store.lease(f.digest for f in files):
         for entry in files:
-            label = entry.name or _LABELS.get(entry.media_type) or entry.digest.removeprefix("sha256:")[:12]
+            label = entry.name or _LABELS.get(entry.media_type) or short_id(entry.digest)
 
             def fetcher(writer: HashingWriter, digest: str = entry.digest, size: int = entry.size) -> None:
                 client.fetch_to(digest, writer, size)
