@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mr_notebook.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "mr-notebook"
 DEFAULT_PORT = 12434
@@ -112,6 +117,36 @@ def default_home(env: Mapping[str, str] | None = None) -> Path:
 def runtime_file(home: Path) -> Path:
     """Where a running ``mr-notebook serve`` announces itself in a store home (``{"url", "pid", "auth"}``)."""
     return home / "run" / "server.json"
+
+
+def read_runtime_file(home: Path) -> dict[str, Any] | None:
+    """The ``mr-notebook serve`` announced in ``home``: ``{"url", "pid", "auth"}``, or None when there is none,
+    the file is unreadable, or its process is gone (a killed server leaves its file behind)."""
+    path = runtime_file(home)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable runtime file %s: %s", path, exc)
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("url"), str):
+        return None
+    pid = info.get("pid")
+    if isinstance(pid, int) and not _pid_alive(pid):
+        log.info("runtime file %s names pid %s, which is gone", path, pid)
+        return None
+    return info
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _int_env(env: Mapping[str, str], name: str, default: int) -> int:

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from mr_notebook.digests import short_id
+
 MODEL_COLUMNS = ("MODEL NAME", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE")
 PS_COLUMNS = ("MODEL NAME", "PID", "MEMORY", "CONTEXT", "KEEP ALIVE", "UNTIL", "IN FLIGHT", "QUEUED")
 
@@ -59,7 +61,7 @@ def model_rows(models: Iterable[Mapping[str, Any]], now: float | None = None) ->
     for model in models:
         config = model.get("config") or {}
         context = config.get("context_size")
-        short_id = str(model.get("id", "")).removeprefix("sha256:")[:12]
+        model_id = short_id(str(model.get("id", "")))
         created = ago(model.get("created"), now)
         for tag in model.get("tags") or ["<none>"]:
             rows.append(
@@ -68,7 +70,7 @@ def model_rows(models: Iterable[Mapping[str, Any]], now: float | None = None) ->
                     "PARAMETERS": str(config.get("parameters") or ""),
                     "QUANTIZATION": str(config.get("quantization") or ""),
                     "ARCHITECTURE": str(config.get("architecture") or ""),
-                    "MODEL ID": short_id,
+                    "MODEL ID": model_id,
                     "CREATED": created,
                     "CONTEXT": str(context) if context else "",
                     "SIZE": str(config.get("size") or ""),

@@ -23,8 +23,9 @@ from test_api_support import (
     wait_until,
 )
 
-from mr_notebook.api.standalone import read_runtime_file, start_in_thread
+from mr_notebook.api.standalone import start_in_thread
 from mr_notebook.engine import SyncRunner
+from mr_notebook.settings import read_runtime_file
 from mr_notebook.store import Store
 from mr_notebook.testing.tiny_model import TinyModelFactory
 

@@ -82,3 +82,18 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_one_loopback_answer_for_hosts_origins_binds_and_registries() -> None:
+    from mr_notebook.hosts import is_loopback
+
+    for host in ("localhost", "LOCALHOST:8888", "127.0.0.1", "127.3.4.5:5000", "::1", "[::1]", "[::1]:12434"):
+        assert is_loopback(host), host
+    for host in ("", "0.0.0.0", "10.0.0.1", "127.0.0.1.nip.io", "localhost.evil.example", "127.evil", "[::2]:80"):
+        assert not is_loopback(host), host
+
+
+def test_one_short_id() -> None:
+    from mr_notebook.digests import short_id
+
+    assert short_id("sha256:" + "0123456789abcdef" * 4) == "0123456789ab" == short_id("0123456789abcdef" * 4)

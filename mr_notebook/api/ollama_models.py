@@ -12,6 +12,7 @@ from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.ollama_routes import OLLAMA_VERSION, OllamaHandler, rfc3339
 from mr_notebook.api.turns import model_traits
+from mr_notebook.digests import short_id
 from mr_notebook.errors import InvalidRequest, ModelInUse, ModelNotFound, MrNotebookError
 from mr_notebook.store import parse_ref
 
@@ -191,7 +192,7 @@ def _pull_line(event: PullProgress) -> dict[str, Any] | None:
         return {"status": "pulling manifest"}
     if event.status in ("downloading", "exists") and event.digest:
         done = event.total if event.status == "exists" else event.completed
-        short = event.digest.removeprefix("sha256:")[:12]
+        short = short_id(event.digest)
         return {"status": f"pulling {short}", "digest": event.digest, "total": event.total, "completed": done}
     if event.status == "verifying":
         return {"status": "verifying sha256 digest"}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mr_notebook.errors import InvalidRequest
+from mr_notebook.hosts import is_loopback
 
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 _PATTERN = re.compile(r"^(\*|null|[a-z][a-z0-9+.-]*://[^/?#\s]+)$")
 #: What a browser's Origin looks like; anything else (control characters …) is never echoed back.
 _ORIGIN = re.compile(r"^(null|[a-z][a-z0-9+.-]*://[\x21-\x7e]+)$", re.IGNORECASE)
@@ -67,7 +67,9 @@ def is_own_loopback_origin(origin: str, host_header: str) -> bool:
         return False
     origin_host, origin_port = _port(origin)
     _, server_port = _port(host_header)
-    return origin_host in _LOOPBACK and origin_port is not None and origin_port == server_port
+    return (
+        origin_host is not None and is_loopback(origin_host) and origin_port is not None and origin_port == server_port
+    )
 
 
 @dataclass(frozen=True)

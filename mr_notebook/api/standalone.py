@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
@@ -26,6 +25,7 @@ from mr_notebook.api.app import make_application
 from mr_notebook.api.context import ApiContext, ApiLimits
 from mr_notebook.api.origins import parse_origins
 from mr_notebook.errors import ServeError
+from mr_notebook.hosts import is_loopback
 from mr_notebook.settings import DEFAULT_PORT, EngineSettings, runtime_file
 
 if TYPE_CHECKING:
@@ -35,15 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mr_notebook.api")
 #: What one read may buffer (Tornado's default is 100 MiB); bodies stream into the handlers in chunks.
 _READ_BUFFER = 1024 * 1024
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _url(host: str, port: int) -> str:
@@ -68,16 +59,6 @@ def remove_runtime_file(home: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         if json.loads(path.read_text()).get("pid") == os.getpid():
             path.unlink()
-
-
-def read_runtime_file(home: Path) -> dict[str, Any] | None:
-    """The running server's ``{"url", "pid", "auth"}``, or None when none runs (stale files are ignored)."""
-    try:
-        data = json.loads(runtime_file(home).read_text())
-        os.kill(int(data["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

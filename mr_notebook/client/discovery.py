@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -10,22 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from mr_notebook.client.base import Engine
-from mr_notebook.settings import default_home, runtime_file
+from mr_notebook.settings import default_home, read_runtime_file, runtime_file
 
 log = logging.getLogger(__name__)
 
 #: A stale runtime file must not make a kernel hang: the health check gets this long.
 HEALTH_TIMEOUT = 1.5
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
 
 
 def _healthy(url: str, token: str | None, timeout: float) -> bool:
@@ -43,24 +32,13 @@ def _healthy(url: str, token: str | None, timeout: float) -> bool:
 
 def find_server(home: Path, env: Mapping[str, str], timeout: float = HEALTH_TIMEOUT) -> dict[str, Any] | None:
     """The live ``mr-notebook serve`` described by the runtime file in ``home``, else None."""
-    path = runtime_file(home)
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable runtime file %s: %s", path, exc)
-        return None
-    if not isinstance(info, dict) or not isinstance(info.get("url"), str):
-        return None
-    pid = info.get("pid")
-    if isinstance(pid, int) and not _pid_alive(pid):
-        log.info("runtime file %s names pid %s, which is gone", path, pid)
+    info = read_runtime_file(home)
+    if info is None:
         return None
     token = env.get("MR_NOTEBOOK_API_KEY") or env.get("MR_NOTEBOOK_TOKEN") or None
     if not _healthy(info["url"], token, timeout):
         return None
-    return {**info, "token": token, "path": str(path)}
+    return {**info, "token": token, "path": str(runtime_file(home))}
 
 
 def connect(store_home: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Engine:

@@ -8,6 +8,7 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
+from mr_notebook.digests import short_id
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.kernel.display import (
     MarkdownText,
@@ -124,7 +125,7 @@ class ModelMagics(Magics):
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
         if args.quiet:
-            return Table(models, ["MODEL ID"], [[str(m.get("id", "")).removeprefix("sha256:")[:12]] for m in models])
+            return Table(models, ["MODEL ID"], [[short_id(str(m.get("id", "")))] for m in models])
         return models if args.json else model_table(models)
 
     def _verb_inspect(self, args: Any) -> Any:
@@ -238,7 +239,7 @@ class ModelMagics(Magics):
         models = write_lock(args.path, self.state.engine, self.state.used_models)
         _say(
             f"Locked {len(models)} model(s) in {args.path}: "
-            + ", ".join(f"{m.name} ({m.digest[7:19]})" for m in models)
+            + ", ".join(f"{m.name} ({short_id(m.digest)})" for m in models)
         )
 
     def _verb_sync(self, args: Any) -> None:

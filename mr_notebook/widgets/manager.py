@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anywidget
 import traitlets
 
+from mr_notebook.digests import short_id
 from mr_notebook.errors import Cancelled, MrNotebookError
 from mr_notebook.progress import Meter
 from mr_notebook.widgets._common import STATIC, current_engine, engine_label, error_text
@@ -241,7 +242,7 @@ def _rows(stored: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> list[di
                 {
                     "name": tag,
                     "id": model_id,
-                    "short_id": model_id.removeprefix("sha256:")[:12],
+                    "short_id": short_id(model_id),
                     "parameters": config.get("parameters") or "",
                     "quantization": config.get("quantization") or "",
                     "architecture": config.get("architecture") or "",

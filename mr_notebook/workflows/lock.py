@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mr_notebook.digests import short_id
 from mr_notebook.errors import ModelNotFound, MrNotebookError, PullError
 from mr_notebook.store.refs import parse_ref
 
@@ -123,7 +124,7 @@ def sync(
         )
     for model in models:
         if have[model.name] == model.digest:
-            say(f"{model.name} is up to date ({model.digest[7:19]}).")
+            say(f"{model.name} is up to date ({short_id(model.digest)}).")
             continue
         ref = parse_ref(model.name)
         if model.source.startswith("file:"):
@@ -138,7 +139,7 @@ def sync(
             engine.pull(pinned, progress)
             engine.tag(pinned, model.name)
             engine.rm([pinned])  # untags only: the locked name keeps the model
-        say(f"{model.name} pulled at {model.digest[7:19]}.")
+        say(f"{model.name} pulled at {short_id(model.digest)}.")
     return models
 
 
