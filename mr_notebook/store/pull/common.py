@@ -13,13 +13,13 @@ import errno
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mr_notebook.errors import Cancelled, ModelNotFound, OfflineError, PullError, StoreError
+from mr_notebook.progress import throttled
 from mr_notebook.store.gguf_meta import format_bytes
 from mr_notebook.store.pull.sink import HashingWriter, LimitReached
 from mr_notebook.store.refs import ModelRef
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: Free space kept beyond the download itself, so a pull never fills the disk to the last byte.
 DISK_RESERVE = 64 * 1024 * 1024
-_EVENT_INTERVAL = 0.1  # seconds between "downloading" events of one layer
 _LOCK_POLL = 0.2
 
 
@@ -64,7 +63,8 @@ class Reporter:
         tqdm_class: type | None,
         cancel: threading.Event | None,
     ) -> None:
-        self.progress = progress
+        # Pullers report every chunk; front ends get at most ~10 events a second per layer, throttled once here.
+        self.progress = throttled(progress)
         self.tqdm_class = tqdm_class
         self.cancel = cancel
         self.overall_total = 0
@@ -176,10 +176,7 @@ def _download_locked(store: Store, digest: str, size: int, fetcher: Fetcher, rep
                 bar.update(now_size - last[1])
             last[1] = now_size
             reporter.overall_completed = base + now_size
-            now = time.monotonic()
-            if now - last[0] >= _EVENT_INTERVAL or now_size >= size:
-                last[0] = now
-                reporter.emit("downloading", f"Downloading {label}", digest, now_size, size)
+            reporter.emit("downloading", f"Downloading {label}", digest, now_size, size)  # throttled in emit
 
         try:
             if existing:
