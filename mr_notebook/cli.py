@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mr_notebook.errors import MrNotebookError
 from mr_notebook.settings import DEFAULT_PORT
 from mr_notebook.store import Store, format_bytes, normalize
-from mr_notebook.tables import MODEL_COLUMNS, PS_COLUMNS, df_rows, model_rows, ps_rows, text_table
+from mr_notebook.tables import df_record, found_table, model_table, ps_table
 
 if TYPE_CHECKING:
     from mr_notebook.client import Engine
@@ -40,15 +40,13 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from mr_notebook.store.imports import discover, find, import_models, locations
-    from mr_notebook.tables import IMPORT_COLUMNS, found_rows
-
     if args.source is None or args.list:
         found = discover() if args.source is None else find(args.source)
         if not found:
             where = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in locations().items())
             print(f"No models found ({where}).")
             return 0
-        print(text_table(found_rows(f.to_json() for f in found), IMPORT_COLUMNS))
+        print(found_table([f.to_json() for f in found], "").text())
         print("Import them with `mr-notebook import --from SOURCE [MODEL ...]` (no download, no copy).")
         return 0
     done = import_models(_store(args), args.source, args.models, link=not args.reference, name=args.name)
@@ -73,9 +71,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for record in records:
             print(record.short_id)
     else:
-        rows = model_rows(r.to_json() for r in records)
-        rows += [{"MODEL NAME": m["tags"][0], "ARCHITECTURE": f"remote: {m['config']['engine']}"} for m in remote]
-        print(text_table(rows, MODEL_COLUMNS))
+        print(model_table([r.to_json() for r in records] + remote).text())
     return 0
 
 
@@ -139,7 +135,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_df(args: argparse.Namespace) -> int:
-    print(text_table(df_rows(_store(args).df()), ("TYPE", "COUNT", "SIZE")))
+    print(df_record(_store(args).df()).text())
     return 0
 
 
@@ -254,7 +250,7 @@ def _interactive(engine: Engine, model: str) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     engine = _engine(args)
     try:
-        print(text_table(ps_rows(engine.ps()), PS_COLUMNS))
+        print(ps_table(engine.ps()).text())
     finally:
         engine.close()
     return 0

@@ -1,4 +1,11 @@
-"""Rows and plain-text tables shared by the CLI and the notebook display (``list``, ``ps``, ``df``).
+"""One renderer per table (``list``, ``ps``, ``df``, ``inspect``, ``import``), shared by the CLI, the magics and the
+model manager widget.
+
+A renderer takes the wire shape (the JSON every engine answers: Docker Model Runner's for ``list``/``inspect``,
+``LoadedModel.to_json()`` for ``ps``, ``DiskUsage.to_json()`` for ``df``) and gives a view that is also the data:
+:class:`Table` is the list of JSON rows, :class:`Record` the dict. Its ``repr`` is the aligned text the CLI prints
+and a terminal shows; ``_repr_html_`` is the notebook's table. So the same operation shows the same columns
+everywhere.
 
 Cheap to import (the store package is imported only by the functions that format sizes), because
 ``%load_ext mr_notebook`` imports it through the magics.
@@ -6,6 +13,7 @@ Cheap to import (the store package is imported only by the functions that format
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -14,7 +22,187 @@ from typing import Any
 from mr_notebook.digests import short_id
 
 MODEL_COLUMNS = ("MODEL NAME", "PARAMETERS", "QUANTIZATION", "ARCHITECTURE", "MODEL ID", "CREATED", "CONTEXT", "SIZE")
-PS_COLUMNS = ("MODEL NAME", "PID", "MEMORY", "CONTEXT", "KEEP ALIVE", "UNTIL", "IN FLIGHT", "QUEUED")
+PS_COLUMNS = ("MODEL NAME", "PID", "BACKEND", "MEMORY", "CONTEXT", "IN FLIGHT", "QUEUED", "LAST USED", "UNTIL")
+IMPORT_COLUMNS = ("SOURCE", "MODEL NAME", "FILES", "SIZE", "WHERE")
+
+NO_MODELS = (
+    "No models stored yet. Pull one with `pull ai/smollm2`, or add a local file with `package --gguf PATH NAME`."
+)
+NOTHING_LOADED = "No model is loaded. Load one with `run MODEL`."
+
+
+# ---------------------------------------------------------------------- views (data that shows itself)
+class Table(list[dict[str, Any]]):
+    """A list of JSON rows (the data) whose representation is a table of ``rows`` (the view)."""
+
+    def __init__(
+        self,
+        data: Sequence[dict[str, Any]],
+        columns: Sequence[str],
+        rows: Sequence[Mapping[str, str]],
+        empty: str = "Nothing to show.",
+    ) -> None:
+        super().__init__(data)
+        self.columns = list(columns)
+        self.rows = [dict(r) for r in rows]
+        self.empty = empty
+
+    def text(self) -> str:
+        """Aligned plain text with a header row (an empty table still prints its header)."""
+        return text_table(self.rows, self.columns)
+
+    def __repr__(self) -> str:
+        return self.text() if self.rows else self.empty
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td style='text-align:left'>{html.escape(str(row.get(c, '')))}</td>" for c in self.columns)
+            + "</tr>"
+            for row in self.rows
+        )
+        if not self.rows:
+            body = f"<tr><td colspan='{len(self.columns)}'><i>{html.escape(self.empty)}</i></td></tr>"
+        return f"<table class='mr-notebook'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Record(dict[str, Any]):
+    """A JSON object (the data) shown as a two-column table of selected fields."""
+
+    def __init__(self, data: Mapping[str, Any], fields: Sequence[tuple[str, str]]) -> None:
+        super().__init__(data)
+        self.fields = list(fields)
+
+    def text(self) -> str:
+        width = max((len(k) for k, _ in self.fields), default=0)
+        return "\n".join(f"{k.ljust(width)}   {v}".rstrip() for k, v in self.fields)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(v)}</td></tr>"
+            for k, v in self.fields
+        )
+        return f"<table class='mr-notebook'><tbody>{rows}</tbody></table>"
+
+
+# ---------------------------------------------------------------------- the tables
+def model_table(models: Sequence[dict[str, Any]], now: float | None = None) -> Table:
+    """``list``: one row per name of each model, like ``docker model list`` (remote engines' models too)."""
+    return Table(models, MODEL_COLUMNS, model_rows(models, now), NO_MODELS)
+
+
+def model_rows(models: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
+    """The rows of :func:`model_table` (the widget shows the same cells)."""
+    now = time.time() if now is None else now
+    rows = []
+    for model in models:
+        config = model.get("config") or {}
+        context = config.get("context_size")
+        engine = config.get("engine")
+        for tag in model.get("tags") or ["<none>"]:
+            rows.append(
+                {
+                    "MODEL NAME": str(tag),
+                    "PARAMETERS": str(config.get("parameters") or ""),
+                    "QUANTIZATION": str(config.get("quantization") or ""),
+                    "ARCHITECTURE": f"remote: {engine}" if engine else str(config.get("architecture") or ""),
+                    "MODEL ID": "" if engine else short_id(str(model.get("id", ""))),
+                    "CREATED": ago(model.get("created"), now),
+                    "CONTEXT": str(context) if context else "",
+                    "SIZE": str(config.get("size") or ""),
+                }
+            )
+    return rows
+
+
+def ps_table(loaded: Sequence[dict[str, Any]], now: float | None = None) -> Table:
+    """``ps``: loaded models (``LoadedModel.to_json()`` rows; times as ISO strings or Unix seconds)."""
+    now = time.time() if now is None else now
+    rows = []
+    for item in loaded:
+        keep_alive = item.get("keep_alive")
+        expires = _unix(item.get("expires_at"))
+        if isinstance(keep_alive, int | float) and keep_alive < 0:
+            until = "forever"
+        elif expires is not None:
+            until = ago(expires, now)
+        else:
+            until = "while busy"
+        rows.append(
+            {
+                "MODEL NAME": str(item.get("model", "")),
+                "PID": str(item.get("pid") or ""),
+                "BACKEND": str(item.get("backend_name") or "llama.cpp"),
+                "MEMORY": size_text(item.get("memory") or 0) if item.get("memory") else "",
+                "CONTEXT": str(item.get("context_size") or ""),
+                "IN FLIGHT": str(item.get("in_flight", 0)),
+                "QUEUED": str(item.get("queued", 0)),
+                "LAST USED": ago(item.get("last_used"), now),
+                "UNTIL": until,
+            }
+        )
+    return Table(loaded, PS_COLUMNS, rows, NOTHING_LOADED)
+
+
+def df_record(usage: Mapping[str, Any]) -> Record:
+    """``df``: what the store's models and partial downloads use (``DiskUsage.to_json()``)."""
+    fields = [("Models", str(usage.get("models", "")))]
+    fields += [
+        (label, size_text(usage.get(key, 0)))
+        for key, label in (("blobs", "Model files"), ("partials", "Partial downloads"), ("total", "Total"))
+    ]
+    return Record(usage, fields)
+
+
+def inspect_record(model: Mapping[str, Any]) -> Record:
+    """``inspect``: a model's names, id, creation time, configuration and settings."""
+    config = model.get("config") or {}
+    created = _unix(model.get("created"))
+    fields = [
+        ("Names", ", ".join(model.get("tags") or [])),
+        ("ID", str(model.get("id", ""))),
+        ("Created", datetime.fromtimestamp(created).isoformat(sep=" ") if created else ""),
+    ]
+    for key in ("format", "architecture", "parameters", "quantization", "size", "context_size", "engine"):
+        if config.get(key) not in (None, ""):
+            fields.append((key.replace("_", " ").capitalize(), str(config[key])))
+    for key, value in sorted((model.get("settings") or {}).items()):
+        fields.append((f"Setting {key}", str(value)))
+    return Record(model, fields)
+
+
+def found_table(found: Sequence[dict[str, Any]], empty: str) -> Table:
+    """``import`` without a source: the models other tools hold (``Found.to_json()``)."""
+    rows = [
+        {
+            "SOURCE": str(f.get("source", "")),
+            "MODEL NAME": str(f.get("name", "")),
+            "FILES": str(len(f.get("files") or [])),
+            "SIZE": size_text(int(f.get("size") or 0)),
+            "WHERE": str(f.get("location", "")),
+        }
+        for f in found
+    ]
+    return Table(found, IMPORT_COLUMNS, rows, empty)
+
+
+# ---------------------------------------------------------------------- cells
+def size_text(value: Any) -> str:
+    """Bytes as ``"1.50 GiB"``; anything else as its text."""
+    from mr_notebook.store import format_bytes
+
+    return format_bytes(int(value)) if isinstance(value, int | float) else str(value or "")
 
 
 def _unix(value: Any) -> float | None:
@@ -52,91 +240,6 @@ def ago(timestamp: Any, now: float | None = None) -> str:
             words = f"{count} {unit}{'s' if count != 1 else ''}"
             return f"in {words}" if delta < 0 else f"{words} ago"
     return ""  # unreachable: the seconds step always answers
-
-
-def model_rows(models: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
-    """One row per name of each model (Docker's JSON shape in), like ``docker model list``."""
-    now = time.time() if now is None else now
-    rows = []
-    for model in models:
-        config = model.get("config") or {}
-        context = config.get("context_size")
-        model_id = short_id(str(model.get("id", "")))
-        created = ago(model.get("created"), now)
-        for tag in model.get("tags") or ["<none>"]:
-            rows.append(
-                {
-                    "MODEL NAME": tag,
-                    "PARAMETERS": str(config.get("parameters") or ""),
-                    "QUANTIZATION": str(config.get("quantization") or ""),
-                    "ARCHITECTURE": str(config.get("architecture") or ""),
-                    "MODEL ID": model_id,
-                    "CREATED": created,
-                    "CONTEXT": str(context) if context else "",
-                    "SIZE": str(config.get("size") or ""),
-                }
-            )
-    return rows
-
-
-def ps_rows(loaded: Iterable[Mapping[str, Any]], now: float | None = None) -> list[dict[str, str]]:
-    """Rows for ``ps`` from ModelStatus JSON."""
-    from mr_notebook.store import format_bytes
-
-    now = time.time() if now is None else now
-    rows = []
-    for item in loaded:
-        keep_alive = float(item.get("keep_alive", 0))
-        expires = _unix(item.get("expires_at"))
-        if keep_alive < 0:
-            until = "forever"
-        elif expires is None:
-            until = "while busy"
-        else:
-            until = f"in {max(0, int(expires - now))}s"
-        rows.append(
-            {
-                "MODEL NAME": str(item.get("model", "")),
-                "PID": str(item.get("pid", "")),
-                "MEMORY": format_bytes(int(item.get("memory", 0))),
-                "CONTEXT": str(item.get("context_size", "")),
-                "KEEP ALIVE": "forever" if keep_alive < 0 else f"{keep_alive:g}s",
-                "UNTIL": until,
-                "IN FLIGHT": str(item.get("in_flight", 0)),
-                "QUEUED": str(item.get("queued", 0)),
-            }
-        )
-    return rows
-
-
-def df_rows(usage: Mapping[str, int]) -> list[dict[str, str]]:
-    """Rows for ``df``: what the store's blobs and partial downloads use."""
-    from mr_notebook.store import format_bytes
-
-    return [
-        {"TYPE": "Models", "COUNT": str(usage.get("models", 0)), "SIZE": format_bytes(usage.get("blobs", 0))},
-        {"TYPE": "Partial downloads", "COUNT": "", "SIZE": format_bytes(usage.get("partials", 0))},
-        {"TYPE": "Total", "COUNT": "", "SIZE": format_bytes(usage.get("total", 0))},
-    ]
-
-
-IMPORT_COLUMNS = ("SOURCE", "MODEL NAME", "FILES", "SIZE", "WHERE")
-
-
-def found_rows(found: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Rows for ``import`` without a source: the models other tools hold (``Found.to_json()``)."""
-    from mr_notebook.store import format_bytes
-
-    return [
-        {
-            "SOURCE": str(f.get("source", "")),
-            "MODEL NAME": str(f.get("name", "")),
-            "FILES": str(len(f.get("files") or [])),
-            "SIZE": format_bytes(int(f.get("size") or 0)),
-            "WHERE": str(f.get("location", "")),
-        }
-        for f in found
-    ]
 
 
 def text_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str] | None = None) -> str:

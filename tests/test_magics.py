@@ -24,8 +24,8 @@ from mr_notebook.client.local import LocalEngine
 from mr_notebook.errors import ModelNotFound
 from mr_notebook.kernel import kernel_state
 from mr_notebook.kernel.chat import ChatReply, GenerationStopped
-from mr_notebook.kernel.display import Record, Table
 from mr_notebook.store import Store
+from mr_notebook.tables import Record, Table
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.hub import LocalHub
 
@@ -197,7 +197,9 @@ def test_run_loads_and_shows_how_to_reach_the_model(ip: InteractiveShell) -> Non
     assert 'model="ai/tiny:latest"' in text and "openai_client()" in text
     assert kernel_state(ip).default_model == "ai/tiny:latest"
     result, out = run(ip, "%model ps")
-    assert out.stdout.splitlines()[2].startswith("ai/tiny:latest   llama.cpp")
+    header, row = out.stdout.splitlines()[1:3]
+    assert header.split()[:3] == ["MODEL", "NAME", "PID"] and row.split()[0] == "ai/tiny:latest"
+    assert row.split()[2] == "llama.cpp" and row.split()[-3] == "in"  # the CLI's columns (one renderer)
     result, out = run(ip, "%model run ai/tiny 'Say hello'")
     assert out.stdout == DEFAULT_REPLY + "\n"
     result, out = run(ip, "%model stop ai/tiny:latest")

@@ -1,9 +1,9 @@
-"""How magics show things: tables that are also data, model text as safe Markdown, progress bars, short errors.
+"""How magics show things: model text as safe Markdown, streamed replies, short errors.
 
-Tables are returned, not printed: ``%model list`` gives a :class:`Table` (a ``list`` of dicts) whose
-representation is the table, HTML with a text/plain fallback in a notebook and aligned text in a
-terminal. As the last line of a cell it is shown once (IPython's Out); ``models = %model list`` shows
-nothing and keeps the data; ``display(%model list)`` shows it anywhere else in a cell.
+Tables are returned, not printed: ``%model list`` gives a :class:`~mr_notebook.tables.Table` (a ``list`` of
+dicts, rendered by the one renderer the CLI uses too) whose representation is the table, HTML with a text/plain
+fallback in a notebook and aligned text in a terminal. As the last line of a cell it is shown once (IPython's
+Out); ``models = %model list`` shows nothing and keeps the data; ``display(%model list)`` shows it anywhere.
 """
 
 from __future__ import annotations
@@ -14,73 +14,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 from mr_notebook.errors import MrNotebookError
-from mr_notebook.tables import MODEL_COLUMNS, ago, model_rows, text_table
 
 _RED, _RESET = "\x1b[31m", "\x1b[0m"
-
-
-def _html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], empty: str) -> str:
-    head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows
-    )
-    if not rows:
-        body = f"<tr><td colspan='{len(columns)}'><i>{html.escape(empty)}</i></td></tr>"
-    return f"<table class='mr-notebook'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-class Table(list[dict[str, Any]]):
-    """A list of dicts (the data) whose representation is a table (the view)."""
-
-    def __init__(
-        self,
-        data: Sequence[dict[str, Any]],
-        columns: Sequence[str],
-        rows: Sequence[Sequence[str]],
-        empty: str = "Nothing to show.",
-    ) -> None:
-        super().__init__(data)
-        self.columns = list(columns)
-        self.rows = [list(r) for r in rows]
-        self.empty = empty
-
-    def __repr__(self) -> str:
-        if not self.rows:
-            return self.empty
-        return text_table([dict(zip(self.columns, row, strict=True)) for row in self.rows], self.columns)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self))
-
-    def _repr_html_(self) -> str:
-        return _html_table(self.columns, self.rows, self.empty)
-
-
-class Record(dict[str, Any]):
-    """A dict (the data) shown as a two-column table of selected fields."""
-
-    def __init__(self, data: dict[str, Any], fields: Sequence[tuple[str, str]]) -> None:
-        super().__init__(data)
-        self.fields = list(fields)
-
-    def __repr__(self) -> str:
-        width = max((len(k) for k, _ in self.fields), default=0)
-        return "\n".join(f"{k.ljust(width)}   {v}" for k, v in self.fields)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(repr(self))
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-            f"{html.escape(v)}</td></tr>"
-            for k, v in self.fields
-        )
-        return f"<table class='mr-notebook'><tbody>{rows}</tbody></table>"
 
 
 class SafeMarkdown:
@@ -169,80 +107,6 @@ def _cleaner() -> Any:
         link_rel="noopener noreferrer nofollow",
         set_tag_attribute_values={"a": {"target": "_blank"}},
     )
-
-
-# ---------------------------------------------------------------------- formatting helpers
-def size_text(value: Any) -> str:
-    from mr_notebook.store import format_bytes
-
-    return format_bytes(int(value)) if isinstance(value, int | float) else str(value or "")
-
-
-def model_table(models: Sequence[dict[str, Any]]) -> Table:
-    rows = [[row[c] for c in MODEL_COLUMNS] for row in model_rows(models)]
-    return Table(
-        models,
-        MODEL_COLUMNS,
-        rows,
-        "No models stored yet. Pull one with %model pull ai/smollm2, or add "
-        "a local file with %model package --gguf PATH NAME.",
-    )
-
-
-def ps_table(entries: Sequence[dict[str, Any]]) -> Table:
-    from mr_notebook.settings import format_duration
-
-    columns = ["MODEL NAME", "BACKEND", "PID", "MEMORY", "CONTEXT", "BUSY", "LAST USED", "UNTIL"]
-    now = time.time()
-    rows = []
-    for entry in entries:
-        keep_alive = entry.get("keep_alive")
-        expires = entry.get("expires_at")
-        if isinstance(keep_alive, int | float) and keep_alive < 0:
-            until = "forever"
-        elif expires:
-            until = ago(expires, now)
-        else:
-            until = format_duration(float(keep_alive)) + " idle" if isinstance(keep_alive, int | float) else ""
-        busy = int(entry.get("in_flight") or 0) + int(entry.get("queued") or 0)
-        rows.append(
-            [
-                str(entry.get("model") or entry.get("model_name") or ""),
-                str(entry.get("backend_name") or entry.get("backend") or "llama.cpp"),
-                str(entry.get("pid") or ""),
-                size_text(entry.get("memory")),
-                str(entry.get("context_size") or ""),
-                str(busy),
-                ago(entry.get("last_used"), now),
-                until,
-            ]
-        )
-    return Table(entries, columns, rows, "No model is loaded. Load one with %model run MODEL.")
-
-
-def inspect_record(model: dict[str, Any]) -> Record:
-    config = model.get("config") or {}
-    created = model.get("created")
-    fields = [
-        ("Names", ", ".join(model.get("tags") or [])),
-        ("ID", str(model.get("id", ""))),
-        ("Created", datetime.fromtimestamp(float(created)).isoformat(sep=" ") if created else ""),
-    ]
-    for key in ("format", "architecture", "parameters", "quantization", "size", "context_size"):
-        if config.get(key) not in (None, ""):
-            fields.append((key.replace("_", " ").capitalize(), str(config[key])))
-    for key, value in sorted((model.get("settings") or {}).items()):
-        fields.append((f"Setting {key}", str(value)))
-    return Record(model, fields)
-
-
-def df_record(usage: dict[str, int]) -> Record:
-    fields = [("Models", str(usage.get("models", "")))]
-    fields += [
-        (label, size_text(usage.get(key, 0)))
-        for key, label in (("blobs", "Model files"), ("partials", "Partial downloads"), ("total", "Total"))
-    ]
-    return Record(usage, fields)
 
 
 # ---------------------------------------------------------------------- errors, streaming, progress

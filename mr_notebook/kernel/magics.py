@@ -10,20 +10,11 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 
 from mr_notebook.digests import short_id
 from mr_notebook.errors import MrNotebookError
-from mr_notebook.kernel.display import (
-    MarkdownText,
-    Table,
-    df_record,
-    inspect_record,
-    model_table,
-    ps_table,
-    short_error,
-    show,
-    size_text,
-)
+from mr_notebook.kernel.display import MarkdownText, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, model_parser, split
 from mr_notebook.kernel.state import KernelState
 from mr_notebook.progress import ProgressBar
+from mr_notebook.tables import Record, Table, df_record, found_table, inspect_record, model_table, ps_table, size_text
 
 
 def _say(text: str) -> None:
@@ -93,14 +84,10 @@ class ModelMagics(Magics):
     def _verb_import(self, args: Any) -> Any:
         from mr_notebook.store import Store
         from mr_notebook.store.imports import discover, find, import_models
-        from mr_notebook.tables import IMPORT_COLUMNS, found_rows
 
         if args.source is None or args.list:
             found = [f.to_json() for f in (discover() if args.source is None else find(args.source))]
-            rows = [[row[c] for c in IMPORT_COLUMNS] for row in found_rows(found)]
-            return Table(
-                found, IMPORT_COLUMNS, rows, empty="No models of Ollama, Hugging Face, Model Runner or LM Studio."
-            )
+            return found_table(found, "No models of Ollama, Hugging Face, Model Runner or LM Studio.")
         # The files are on this machine's disk, and so is the engine's store (in the kernel, or a local server).
         store = Store(self.state.engine.status().get("store") or None)
         for item in import_models(store, args.source, args.models, link=not args.reference, name=args.name):
@@ -125,7 +112,7 @@ class ModelMagics(Magics):
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
         if args.quiet:
-            return Table(models, ["MODEL ID"], [[short_id(str(m.get("id", "")))] for m in models])
+            return Table(models, ["MODEL ID"], [{"MODEL ID": short_id(str(m.get("id", "")))} for m in models])
         return models if args.json else model_table(models)
 
     def _verb_inspect(self, args: Any) -> Any:
@@ -200,8 +187,6 @@ class ModelMagics(Magics):
         _say(f"Unloaded {count} model(s).")
 
     def _verb_status(self, args: Any) -> Any:
-        from mr_notebook.kernel.display import Record
-
         status = self.state.engine.status()
         where = {
             "remote": "remote engine (this kernel loads no model itself)",

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anywidget
 import traitlets
 
-from mr_notebook.digests import short_id
 from mr_notebook.errors import Cancelled, MrNotebookError
 from mr_notebook.progress import Meter
+from mr_notebook.tables import model_rows
 from mr_notebook.widgets._common import STATIC, current_engine, engine_label, error_text
 
 if TYPE_CHECKING:
@@ -229,25 +229,25 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
 
 
 def _rows(stored: list[dict[str, Any]], loaded: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per stored name (like ``docker model list``), joined with ``ps`` by model id."""
+    """One row per stored name: the cells of ``list`` (the one renderer, :func:`~mr_notebook.tables.model_rows`),
+    joined with ``ps`` by model id."""
     memory: dict[str, int] = {}
     for entry in loaded:
         memory[str(entry.get("id"))] = memory.get(str(entry.get("id")), 0) + int(entry.get("memory") or 0)
     rows = []
     for model in stored:
-        config = model.get("config") or {}
         model_id = str(model.get("id", ""))
-        for tag in model.get("tags") or []:
+        for cells in model_rows([model]):
             rows.append(
                 {
-                    "name": tag,
+                    "name": cells["MODEL NAME"],
                     "id": model_id,
-                    "short_id": short_id(model_id),
-                    "parameters": config.get("parameters") or "",
-                    "quantization": config.get("quantization") or "",
-                    "architecture": config.get("architecture") or "",
-                    "size": config.get("size") or "",
-                    "context_size": config.get("context_size"),
+                    "short_id": cells["MODEL ID"],
+                    "parameters": cells["PARAMETERS"],
+                    "quantization": cells["QUANTIZATION"],
+                    "architecture": cells["ARCHITECTURE"],
+                    "size": cells["SIZE"],
+                    "context_size": (model.get("config") or {}).get("context_size"),
                     "loaded": model_id in memory,
                     "memory": memory.get(model_id, 0),
                 }
