@@ -132,6 +132,8 @@ class WorkerHandle:
         self.expires_at: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
+        #: The model's settings changed while it was busy: end and load it again once it goes idle.
+        self.reload_when_idle = False
         self._on_exit = on_exit
         self._extra_env = dict(extra_env or {})
         self._ids = itertools.count(1)

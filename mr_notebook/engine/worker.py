@@ -111,9 +111,10 @@ class Worker:
     def schedule(self) -> None:
         try:
             self.scheduler.run()
-        except OSError:
-            os._exit(0)  # the host is gone
-        except BaseException:  # a bug in the loop: die loudly, the host fails the requests and restarts us
+        except ConnectionError:  # a broken or reset socket: the host is gone, nobody is left to answer
+            os._exit(0)
+        except BaseException:  # a bug, or an OSError of our own (disk, memory map): die loudly, the host fails
+            # the requests with this exit code and the worker's last stderr lines, and starts a fresh one
             log.exception("the scheduler stopped")
             os._exit(70)
 
