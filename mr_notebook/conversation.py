@@ -27,6 +27,22 @@ def reply_entry(text: str, *, reasoning: str = "", logprobs: list[dict[str, Any]
     return entry
 
 
+def compact_logprobs(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """OpenAI ``logprobs.content`` entries cut to what a token view shows (token, logprob, alternatives),
+    without the byte lists that would triple what is kept and synced."""
+    out = []
+    for entry in entries or []:
+        alternatives = [
+            {"token": str(alt.get("token", "")), "logprob": alt.get("logprob")}
+            for alt in entry.get("top_logprobs") or []
+            if isinstance(alt, dict)
+        ]
+        out.append(
+            {"token": str(entry.get("token", "")), "logprob": entry.get("logprob"), "top_logprobs": alternatives}
+        )
+    return out
+
+
 @dataclass
 class Conversation:
     """A system prompt and the entries of a chat, in order (``{"role", "content"}`` plus, for answers,

@@ -26,7 +26,7 @@ from mr_notebook.store import Store
 from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.markup import PAYLOAD
 from mr_notebook.testing.registry import free_port
-from mr_notebook.testing.tiny_model import TinyModelFactory
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,6 +40,9 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 #: Markdown the tiny model answers with, so the screenshot shows the renderer at work.
 REPLY = 'Hello! Here is **bold**, *italic* and `code`:\n\n```python\nprint("hi")\n```\n- one\n- two'
+#: A model that thinks first (a template that knows <think>), its reasoning the hostile payload.
+THINK_TEMPLATE = CHATML_TEMPLATE + "{% if enable_thinking is defined %}<think></think>{% endif %}"
+THINK_REPLY = f"<think>{PAYLOAD}</think>The answer is **42**."
 START_TIMEOUT = 120.0
 UI_TIMEOUT_MS = 90_000
 
@@ -89,6 +92,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelF
     store.configure("ai/forever", context_size=32768)
     store.import_gguf(tiny_model_factory(reply="spare"), "ai/spare")
     store.import_gguf(tiny_model_factory(reply=PAYLOAD), "ai/payload")  # a model that answers with XSS
+    store.import_gguf(tiny_model_factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), "ai/thinker")
     # No news toast over the notebook in screenshots.
     (config / "labconfig" / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
@@ -109,6 +113,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelF
                 "%%chat -m ai/payload\nSay hi",
                 '%model run ai/payload "Say hi"',
                 'import mr_notebook\nw = mr_notebook.chat("ai/payload")\nw',
+            ]
+        )
+    )
+    (root / "reasoning.ipynb").write_text(
+        _notebook(
+            [
+                "%load_ext mr_notebook",
+                "%%chat -m ai/thinker\nWhat is the answer?",
+                'import mr_notebook\nt = mr_notebook.chat("ai/payload")\nt.logprobs = True\nt',
+                'r = mr_notebook.chat("ai/thinker")\nr',
             ]
         )
     )
@@ -338,4 +352,81 @@ def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None
     expect(reply).to_contain_text('Hi <img src=x onerror="window.__pwned=1;alert(1)"> and bold')
     expect(reply).to_contain_text('<svg onload="window.__pwned=5;alert(5)"></svg>')
     chat.screenshot(path=str(ARTIFACTS / "chat-widget-payload.png"))
+    nothing_ran(page.locator(".jp-OutputArea-output"))
+
+
+def test_reasoning_and_token_view_in_jupyterlab(lab: Lab, page: Page) -> None:
+    """Reasoning collapsed above the answer (%%chat and the widget) and the widget's token view, through the
+    server's engine: the reasoning and every token are the XSS payload, shown as text, and nothing runs."""
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def nothing_ran(where: Locator) -> None:
+        page.wait_for_timeout(500)
+        assert (page.evaluate("() => window.__pwned ?? null"), dialogs) == (None, [])
+        assert where.locator(LIVE).count() == 0
+
+    page.goto(f"{lab.url}/lab/workspaces/reasoning/tree/reasoning.ipynb?token={lab.token}")
+    expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(4)
+    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible()
+    run_cell(page, 0)
+    expect(page.locator(".jp-Cell").nth(0).locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
+
+    # --- %%chat: a closed <details> above the answer; opened, it shows the reasoning as text
+    run_cell(page, 1)
+    cell = page.locator(".jp-Cell").nth(1)
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
+    shown = cell.locator(".jp-OutputArea-output").last
+    details = shown.locator("details.mr-notebook-reasoning")
+    expect(details).to_have_count(1)
+    expect(details.locator("summary")).to_have_text(re.compile(r"^Reasoning \(\d+ words\)$"))
+    expect(shown.locator("strong", has_text="42")).to_be_visible()
+    assert details.evaluate("d => d.open") is False
+    details.locator("summary").click()
+    expect(details).to_contain_text('Hi <img src=x onerror="window.__pwned=1;alert(1)"> and bold')
+    expect(details.locator("strong")).to_have_text("bold")  # reasoning is Markdown too
+    nothing_ran(shown)
+
+    # --- the token view: each token a shaded span of text; hover shows the alternatives
+    run_cell(page, 2)
+    chat = page.locator(".mrnb-chat").nth(0)
+    toggle = chat.locator("input.mrnb-tokens-toggle")
+    expect(toggle).to_be_checked()  # t.logprobs = True in Python shows in the browser
+    box = chat.locator("textarea.mrnb-input")
+    box.fill("Say hi")
+    box.press("Enter")
+    expect(chat.locator(".mrnb-status")).to_contain_text("tokens")
+    view = chat.locator(".mrnb-assistant .mrnb-tokens").last
+    expect(view).to_be_visible()
+    assert view.locator(".mrnb-token").count() > 5
+    assert view.evaluate("v => v.textContent") == PAYLOAD  # the tokens are the reply, as text
+    assert view.locator(".mrnb-token").first.evaluate("t => getComputedStyle(t).backgroundColor") != "rgba(0, 0, 0, 0)"
+    nothing_ran(chat)
+    view.locator(".mrnb-token").nth(3).hover()
+    tip = chat.locator(".mrnb-tip")
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text(re.compile(r"\d+\.\d%"))
+    assert len(tip.inner_text().splitlines()) == 6  # the token and its 5 alternatives
+    chat.screenshot(path=str(ARTIFACTS / "chat-widget-tokens.png"))
+    # Off: the same reply as Markdown again; the checkbox changed the Python side too.
+    toggle.uncheck()
+    reply = chat.locator(".mrnb-assistant .mrnb-body").last
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(chat.locator(".mrnb-tokens")).to_have_count(0)
+    nothing_ran(chat)
+
+    # --- the widget shows reasoning collapsed too, and streams it before the answer
+    run_cell(page, 3)
+    thinker = page.locator(".mrnb-chat").nth(1)
+    box = thinker.locator("textarea.mrnb-input")
+    box.fill("Think first")
+    box.press("Enter")
+    expect(thinker.locator(".mrnb-status")).to_contain_text("tokens")
+    reasoning = thinker.locator(".mrnb-assistant details.mrnb-reasoning").last
+    expect(reasoning.locator("summary")).to_have_text(re.compile(r"^Reasoning \(\d+ words\)$"))
+    assert reasoning.evaluate("d => d.open") is False
+    expect(thinker.locator(".mrnb-assistant .mrnb-answer").last.locator("strong")).to_have_text("42")
+    reasoning.locator("summary").click()
+    expect(reasoning).to_contain_text("<script>window.__pwned=2;alert(2)</script>")
+    thinker.screenshot(path=str(ARTIFACTS / "chat-widget-reasoning.png"))
     nothing_ran(page.locator(".jp-OutputArea-output"))

@@ -23,11 +23,15 @@ from mr_notebook.store import Store
 from mr_notebook.store.pull import PullProgress
 from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.markup import FORMATTED, FORMATTED_HTML, PAYLOADS, inert_text
-from mr_notebook.testing.tiny_model import TinyModelFactory
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
 from mr_notebook.widgets import ChatBusy, ChatWidget, ModelManager, chat, manager
 from mr_notebook.widgets._common import MARKDOWN_LIBRARIES, bundle
 
 REPLY = "One two three four five six seven eight nine ten."
+#: A thinking model (Qwen 3 style template): its reasoning streams apart from the answer.
+THINK_TEMPLATE = CHATML_TEMPLATE + "{% if enable_thinking is defined %}<think></think>{% endif %}"
+REASONING = "The user counts. <b>Five</b> words?"
+THINK_REPLY = f"<think>{REASONING}</think>One two."
 WAIT = 60.0
 
 
@@ -48,6 +52,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyMod
     engine = LocalEngine(Store(home), EngineSettings.from_env({}), env={})
     engine.package(str(tiny_model_factory(reply=REPLY)), "ai/tiny")
     engine.package(str(tiny_model_factory(never_stop=True)), "ai/forever")
+    engine.package(str(tiny_model_factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE)), "ai/thinker")
     yield engine
     engine.close()
 
@@ -73,7 +78,7 @@ def assistant_snapshots(w: ChatWidget) -> list[str]:
 
 
 def test_send_returns_the_reply_and_records_the_conversation(widget: ChatWidget) -> None:
-    assert widget.models == ["ai/forever:latest", "ai/tiny:latest"]
+    assert widget.models == ["ai/forever:latest", "ai/thinker:latest", "ai/tiny:latest"]
     assert widget.send("Hi", timeout=WAIT) == REPLY
     assert widget.messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": REPLY}]
     assert not widget.busy and "tokens" in widget.status and "tok/s" in widget.status
@@ -144,6 +149,48 @@ def test_worker_crash_mid_stream_is_shown_and_recovered(engine: LocalEngine) -> 
     w.max_tokens = 3
     assert w.send("Back?", timeout=WAIT)  # a fresh worker answers
     w.close()
+
+
+def test_reasoning_streams_apart_and_is_not_sent_back(engine: LocalEngine) -> None:
+    w = chat("ai/thinker", engine=engine)
+    w.sync_interval = 0
+    seen: list[dict[str, Any]] = []
+    w.observe(lambda change: seen.append(change["new"][-1]), "messages")
+    assert w.send("Count", timeout=WAIT) == "One two."
+    assert w.messages[-1] == {"role": "assistant", "content": "One two.", "reasoning": REASONING}
+    # The reasoning reached the front end while the model was still thinking (no answer yet).
+    assert any(e.get("reasoning") and not e["content"] for e in seen if e["role"] == "assistant")
+    w.send("More", timeout=WAIT)
+    assert w._request_messages()[:2] == [
+        {"role": "user", "content": "Count"},
+        {"role": "assistant", "content": "One two."},
+    ]
+    w.close()
+
+
+def test_token_view_toggle_attaches_the_tokens_once(widget: ChatWidget) -> None:
+    widget.sync_interval = 0
+    seen = []
+    widget.observe(lambda change: seen.append(change["new"][-1]), "messages")
+    widget.send("Plain", timeout=WAIT)
+    assert "logprobs" not in widget.messages[-1]
+    widget.logprobs = True  # the "Tokens" checkbox
+    seen.clear()
+    widget.send("With tokens", timeout=WAIT)
+    tokens = widget.messages[-1]["logprobs"]
+    assert "".join(t["token"] for t in tokens) == REPLY
+    assert all(set(t) == {"token", "logprob", "top_logprobs"} and len(t["top_logprobs"]) == 5 for t in tokens)
+    assert all(set(alt) == {"token", "logprob"} for t in tokens for alt in t["top_logprobs"])  # no byte lists
+    # Streaming syncs stay small: the tokens come with the final entry only.
+    replies = [e for e in seen if e["role"] == "assistant"]
+    assert len(replies) >= 2 and "logprobs" in replies[-1] and not any("logprobs" in e for e in replies[:-1])
+    # The conversation is one Conversation: what Python assigns is what is sent next.
+    widget.messages = [{"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Yes."}]
+    assert widget.conversation.messages("Now") == [
+        {"role": "user", "content": "Earlier"},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "Now"},
+    ]
 
 
 def test_no_model_chosen_is_an_inline_hint(tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ The reply is generated in a background thread (one per turn), so the kernel stay
 the Stop button's message can reach us; Stop closes the engine's stream, which makes the engine stop
 generating. Tokens are appended to ``messages`` as they arrive, but the synced trait is reassigned at most every
 ``sync_interval`` seconds (and once at the end), so a fast model does not flood the comm with one message per
-token.
+token. The model's reasoning streams with the answer (shown collapsed above it); with the token view on, a
+reply's tokens and their alternatives are attached once it ends (they would multiply every sync's size).
+
+The conversation is a :class:`~mr_notebook.conversation.Conversation` (the type ``%%chat`` keeps);
+``messages`` is its entries, as the browser draws them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
+from mr_notebook.conversation import Conversation, compact_logprobs, reply_entry
 from mr_notebook.errors import InvalidRequest, MrNotebookError
 from mr_notebook.store.refs import normalize
 from mr_notebook.widgets._common import (
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Alternatives asked for per token in the token view (as ``%%chat --logprobs``).
+TOP_LOGPROBS = 5
+
 
 class ChatBusy(MrNotebookError, RuntimeError):
     """A message was sent while the previous reply is still streaming."""
@@ -49,7 +57,8 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
     From Python: ``w.send("Hi")`` waits for the reply and returns its text (or raises the error it shows
     inline); ``w.submit("Hi")`` returns at once with a ``Future[str]``; ``w.stop()`` ends the reply;
     ``w.messages`` is the conversation (``{"role", "content"}`` dicts; ``"error"`` entries are shown but never
-    sent to the model).
+    sent to the model); ``w.conversation`` is the same as a :class:`~mr_notebook.conversation.Conversation`.
+    ``w.logprobs = True`` (the "Tokens" toggle) asks for each token's probability and shows the token view.
     """
 
     _esm = bundle("markdown.js", "chat.js", libraries=MARKDOWN_LIBRARIES)
@@ -64,6 +73,8 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
     busy = traitlets.Bool(False).tag(sync=True)
     status = traitlets.Unicode("").tag(sync=True)
     engine_info = traitlets.Unicode("").tag(sync=True)
+    #: The token view: replies carry their tokens' probabilities and are shown shaded by them.
+    logprobs = traitlets.Bool(False).tag(sync=True)
 
     #: Seconds between two syncs of the growing reply to the front end.
     sync_interval = 0.05
@@ -79,6 +90,7 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reply_open = False  # the last entry of `messages` is the reply being streamed
+        self.conversation = Conversation(entries=list(self.messages))
         self.engine_info = engine_label(self._engine)
         self.refresh_models()
         if model:
@@ -86,6 +98,7 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
         elif not self.model and self.models:
             self.model = self.models[0]
         self.on_msg(self._on_frontend_message)
+        self.observe(self._messages_set, names="messages")
 
     @property
     def engine(self) -> Engine:
@@ -115,11 +128,14 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 raise ChatBusy("A reply is still streaming: wait for it or call stop() first.")
             self._stop.clear()
             history = self._request_messages()
-            self.messages = [*self.messages, {"role": "user", "content": text}]
+            self.conversation.add({"role": "user", "content": text})
+            self._sync()
             self.busy = True
             self.status = ""
             model = self.model
-            params = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+            params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+            if self.logprobs:
+                params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
             thread = threading.Thread(
                 target=self._generate,
                 args=(model, [*history, {"role": "user", "content": text}], params, future),
@@ -151,7 +167,8 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
         self.stop()
         self.wait(5.0)
         with self._lock:
-            self.messages = []
+            self.conversation.entries = []
+            self._sync()
             self.status = ""
 
     def refresh_models(self) -> None:
@@ -182,37 +199,40 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
     # ------------------------------------------------------------------ conversation bookkeeping
     def _request_messages(self) -> list[dict[str, Any]]:
         """What the model sees: system prompt, then user/assistant turns; a turn that failed is left out."""
-        head = [{"role": "system", "content": self.system}] if self.system.strip() else []
-        turns: list[dict[str, Any]] = []
-        for entry in self.messages:
-            role = entry.get("role")
-            if role == "error":
-                if turns and turns[-1]["role"] == "user":
-                    turns.pop()  # its request failed before any reply: not part of the conversation
-                continue
-            if role in ("user", "assistant", "system") and isinstance(entry.get("content"), str):
-                turns.append({"role": role, "content": entry["content"]})
-        return [*head, *turns]
+        return self.conversation.messages(system=self.system)
+
+    def _sync(self) -> None:
+        """Show the conversation: ``messages`` is a copy of its entries (a new list, so the trait syncs)."""
+        with self._lock:
+            self.messages = list(self.conversation.entries)
+
+    def _messages_set(self, change: dict[str, Any]) -> None:
+        """``w.messages = [...]`` from Python (a saved conversation, say) becomes the conversation."""
+        with self._lock:
+            if change["new"] != self.conversation.entries:
+                self.conversation.entries = list(change["new"])
 
     def _append(self, entry: dict[str, Any]) -> None:
         with self._lock:
-            self.messages = [*self.messages, entry]
+            self.conversation.add(entry)
+            self._sync()
 
-    def _set_reply(self, text: str) -> None:
+    def _set_reply(self, text: str, reasoning: str = "", logprobs: list[dict[str, Any]] | None = None) -> None:
         """Create or update the assistant entry that ends the conversation."""
         with self._lock:
-            messages = list(self.messages)
-            if self._reply_open and messages and messages[-1].get("role") == "assistant":
-                messages[-1] = {"role": "assistant", "content": text}
+            entry = reply_entry(text, reasoning=reasoning, logprobs=logprobs)
+            entries = self.conversation.entries
+            if self._reply_open and entries and entries[-1].get("role") == "assistant":
+                self.conversation.set_last(entry)
             else:
-                messages.append({"role": "assistant", "content": text})
+                self.conversation.add(entry)
             self._reply_open = True
-            self.messages = messages
+            self._sync()
 
-    def _finish_reply(self, text: str) -> None:
-        """Write the final reply text once the turn ends (a turn that produced nothing adds no entry)."""
-        if text or self._reply_open:
-            self._set_reply(text)
+    def _finish_reply(self, text: str, reasoning: str = "", logprobs: list[dict[str, Any]] | None = None) -> None:
+        """Write the final reply once the turn ends (a turn that produced nothing adds no entry)."""
+        if text or reasoning or self._reply_open:
+            self._set_reply(text, reasoning, logprobs)
         self._reply_open = False
 
     # ------------------------------------------------------------------ the generating thread
@@ -236,10 +256,11 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 text += delta
                 now = time.monotonic()
                 if now - last_sync >= self.sync_interval:
-                    self._set_reply(text)
+                    self._set_reply(text, stream.reasoning)
                     last_sync = now
+            tokens = compact_logprobs(stream.logprobs) if params.get("logprobs") else None
             with self._lock, self.hold_sync():
-                self._finish_reply(text)
+                self._finish_reply(text, stream.reasoning, tokens)
                 self.status = _summary(stream, text, started, first)
                 self._stream = None
                 self.busy = False
@@ -248,7 +269,7 @@ class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
             if not isinstance(error, MrNotebookError):
                 log.exception("chat with %s failed", model)
             with self._lock, self.hold_sync():
-                self._finish_reply(text)
+                self._finish_reply(text, stream.reasoning if stream is not None else "")
                 self._append({"role": "error", "content": error_text(error)})
                 self.status = "Error"
                 self._stream = None

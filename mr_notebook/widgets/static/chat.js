@@ -1,5 +1,8 @@
 // ChatWidget front end (anywidget module). State lives in the Python model; this file only draws it and
 // sends the user's actions back ({type: "send" | "stop" | "clear" | "refresh"}).
+//
+// Everything a model wrote (answers, reasoning, tokens and their alternatives) is attacker-written: answers
+// and reasoning go through renderMarkdown (markdown.js: DOMPurify), tokens only ever through textContent.
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -14,6 +17,40 @@ function h(tag, attrs = {}, ...children) {
 
 const ROLE_LABELS = { user: "You", assistant: "Assistant", system: "System", error: "Error" };
 
+function words(text) {
+  return text.split(/\s+/).filter(Boolean).length;
+}
+
+function probability(logprob) {
+  const p = Math.exp(Number(logprob));
+  return Number.isFinite(p) ? Math.min(1, Math.max(0, p)) : 0;
+}
+
+function percent(p) {
+  return p >= 0.001 ? `${(100 * p).toFixed(1)}%` : "<0.1%";
+}
+
+// The hover text of one token: itself and the alternatives the model weighed, with their probabilities.
+function alternatives(entry) {
+  const lines = [`${JSON.stringify(String(entry.token ?? ""))}  ${percent(probability(entry.logprob))}`];
+  for (const alt of entry.top_logprobs || []) {
+    lines.push(`${JSON.stringify(String(alt.token ?? ""))}  ${percent(probability(alt.logprob))}`);
+  }
+  return lines.join("\n");
+}
+
+// The reply's tokens, each shaded by its probability (red: unsure, green: sure), as text nodes only.
+function tokenView(entries) {
+  const view = h("div", { class: "mrnb-tokens" });
+  entries.forEach((entry, index) => {
+    const span = h("span", { class: "mrnb-token", "data-index": String(index) });
+    span.textContent = String(entry.token ?? "");
+    span.style.backgroundColor = `hsla(${Math.round(120 * probability(entry.logprob))}, 85%, 55%, 0.35)`;
+    view.append(span);
+  });
+  return view;
+}
+
 function render({ model, el }) {
   const picker = h("select", { class: "mrnb-model", title: "Stored models", "aria-label": "Model" });
   const refresh = h("button", { class: "mrnb-button mrnb-icon", title: "Refresh the model list" }, "⟳");
@@ -25,6 +62,11 @@ function render({ model, el }) {
     class: "mrnb-number", type: "number", min: "1", step: "1", title: "Max tokens", "aria-label": "Max tokens",
   });
   const clear = h("button", { class: "mrnb-button", title: "Forget the conversation" }, "Clear");
+  const tokens = h("input", { type: "checkbox", class: "mrnb-tokens-toggle", "aria-label": "Token view" });
+  const tokensField = h("label", {
+    class: "mrnb-field", title: "Show each token shaded by its probability; hover a token for the alternatives",
+  }, tokens, " Tokens");
+  const tip = h("div", { class: "mrnb-tip", role: "tooltip", hidden: "" });
   const system = h("textarea", {
     class: "mrnb-system", rows: "2", placeholder: "System prompt (optional)", "aria-label": "System prompt",
   });
@@ -45,10 +87,11 @@ function render({ model, el }) {
     h("div", { class: "mrnb-toolbar" },
       h("label", { class: "mrnb-field" }, "Model ", picker), refresh,
       h("label", { class: "mrnb-field" }, "Temperature ", temperature),
-      h("label", { class: "mrnb-field" }, "Max tokens ", maxTokens),
+      h("label", { class: "mrnb-field" }, "Max tokens ", maxTokens), tokensField,
       h("span", { class: "mrnb-spacer" }), clear),
     systemBox,
     log,
+    tip,
     h("div", { class: "mrnb-compose" }, input, h("div", { class: "mrnb-actions" }, send, stop)),
     h("div", { class: "mrnb-footer" }, status, engine),
   );
@@ -61,18 +104,47 @@ function render({ model, el }) {
 
   // ---- conversation: redraw only the entries that changed, keep the view pinned to the bottom
   const drawn = [];
+  const openReasoning = new Set(); // indices of reasoning blocks the user opened (kept across redraws)
+  const assistantBody = (message, index, streaming) => {
+    const body = h("div", { class: "mrnb-body" });
+    const reasoning = typeof message.reasoning === "string" ? message.reasoning : "";
+    if (reasoning) {
+      const thinking = streaming && !message.content;
+      const inner = h("div", { class: "mrnb-reasoning-body" });
+      renderMarkdown(inner, reasoning);
+      const label = `${thinking ? "Thinking…" : "Reasoning"} (${words(reasoning)} words)`;
+      const details = h("details", { class: "mrnb-reasoning" }, h("summary", {}, label), inner);
+      details.open = openReasoning.has(index);
+      details.addEventListener("toggle", () => {
+        if (details.open) openReasoning.add(index);
+        else openReasoning.delete(index);
+      });
+      body.append(details);
+    }
+    const answer = h("div", { class: "mrnb-answer" });
+    if (model.get("logprobs") && Array.isArray(message.logprobs) && !streaming) answer.append(tokenView(message.logprobs));
+    else renderMarkdown(answer, message.content || "");
+    body.append(answer);
+    return body;
+  };
   const drawMessages = () => {
     const messages = model.get("messages") || [];
     const busy = model.get("busy");
+    const showTokens = model.get("logprobs");
     const pinned = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
     messages.forEach((message, index) => {
       const role = ROLE_LABELS[message.role] ? message.role : "assistant";
       const streaming = busy && index === messages.length - 1 && role === "assistant";
-      const key = `${role}\u0000${message.content}\u0000${streaming}`;
+      const tokenCount = Array.isArray(message.logprobs) ? message.logprobs.length : -1;
+      const key = [role, message.content, message.reasoning, streaming, showTokens, tokenCount].join("\u0000");
       if (drawn[index] && drawn[index].key === key) return;
-      const body = h("div", { class: "mrnb-body" });
-      if (role === "assistant" || role === "system") renderMarkdown(body, message.content || "");
-      else body.textContent = message.content || "";
+      let body;
+      if (role === "assistant") body = assistantBody(message, index, streaming);
+      else {
+        body = h("div", { class: "mrnb-body" });
+        if (role === "system") renderMarkdown(body, message.content || "");
+        else body.textContent = message.content || "";
+      }
       const node = h("div", { class: `mrnb-message mrnb-${role}${streaming ? " mrnb-streaming" : ""}` },
         h("div", { class: "mrnb-role" }, ROLE_LABELS[role]), body);
       if (drawn[index]) drawn[index].node.replaceWith(node);
@@ -80,6 +152,7 @@ function render({ model, el }) {
       drawn[index] = { key, node };
     });
     while (drawn.length > messages.length) drawn.pop().node.remove();
+    for (const index of [...openReasoning]) if (index >= messages.length) openReasoning.delete(index);
     log.querySelector(".mrnb-thinking")?.remove();
     if (busy && (!messages.length || messages[messages.length - 1].role === "user")) {
       log.append(h("div", { class: "mrnb-message mrnb-assistant mrnb-thinking" },
@@ -90,6 +163,30 @@ function render({ model, el }) {
     }
     if (pinned) log.scrollTop = log.scrollHeight;
   };
+
+  // ---- the token view's hover: one tooltip for the widget, filled from the token under the pointer
+  const tokenEntry = (span) => {
+    const message = span.closest(".mrnb-message");
+    const index = drawn.findIndex((item) => item.node === message);
+    const entries = index >= 0 ? (model.get("messages") || [])[index]?.logprobs : null;
+    return Array.isArray(entries) ? entries[Number(span.dataset.index)] : null;
+  };
+  log.addEventListener("mouseover", (event) => {
+    const span = event.target instanceof Element ? event.target.closest(".mrnb-token") : null;
+    const entry = span ? tokenEntry(span) : null;
+    if (!entry) {
+      tip.hidden = true;
+      return;
+    }
+    tip.textContent = alternatives(entry);
+    const box = span.getBoundingClientRect();
+    const rootBox = root.getBoundingClientRect();
+    tip.style.left = `${Math.max(0, box.left - rootBox.left)}px`;
+    tip.style.top = `${box.bottom - rootBox.top + 4}px`;
+    tip.hidden = false;
+  });
+  log.addEventListener("mouseleave", () => { tip.hidden = true; });
+  log.addEventListener("scroll", () => { tip.hidden = true; });
 
   const drawModels = () => {
     const current = model.get("model");
@@ -113,6 +210,7 @@ function render({ model, el }) {
     if (document.activeElement !== temperature) temperature.value = model.get("temperature");
     if (document.activeElement !== maxTokens) maxTokens.value = model.get("max_tokens");
     if (document.activeElement !== system) system.value = model.get("system");
+    tokens.checked = Boolean(model.get("logprobs"));
     if (model.get("system")) systemBox.open = true;
     drawMessages();
   };
@@ -157,6 +255,7 @@ function render({ model, el }) {
   refresh.addEventListener("click", () => model.send({ type: "refresh" }));
   picker.addEventListener("focus", () => model.send({ type: "refresh" }));
   picker.addEventListener("change", () => save("model", picker.value));
+  tokens.addEventListener("change", () => save("logprobs", tokens.checked));
   temperature.addEventListener("change", () => {
     const value = Number.parseFloat(temperature.value);
     if (Number.isFinite(value) && value >= 0 && value <= 2) save("temperature", value);
@@ -170,7 +269,7 @@ function render({ model, el }) {
 
   model.on("change:messages", drawSoon);
   const events = ["change:busy", "change:status", "change:engine_info", "change:temperature",
-    "change:max_tokens", "change:system"];
+    "change:max_tokens", "change:system", "change:logprobs"];
   for (const name of events) model.on(name, drawState);
   model.on("change:models", drawModels);
   model.on("change:model", drawModels);
