@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mr_notebook
@@ -15,15 +18,30 @@ def _unit(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under ``if TYPE_CHECKING:`` (annotations only; they import nothing at run time)."""
+    nodes: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        nodes.append(node)
+        pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Which unit imports which, counting imports inside functions (lazy imports are still dependencies)."""
+    """Which unit imports which at run time, counting imports inside functions (lazy imports are still
+    dependencies)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         unit = _unit(".".join(parts))
         if unit == "mr_notebook.__init__":  # the package root only re-exports, lazily
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -97,3 +115,28 @@ def test_one_short_id() -> None:
     from mr_notebook.digests import short_id
 
     assert short_id("sha256:" + "0123456789abcdef" * 4) == "0123456789ab" == short_id("0123456789abcdef" * 4)
+
+
+def test_env_seen_by_a_test() -> None:
+    """Run by the test below in a pytest whose shell points at a real server, token and Hub mirror."""
+    leaked = sorted(n for n in os.environ if n.startswith(("MR_NOTEBOOK_", "HF_")))
+    assert leaked == [], leaked
+    os.environ["MR_NOTEBOOK_URL"] = "http://127.0.0.1:9/set-by-a-test/"  # undone before the next test
+
+
+def test_env_seen_by_the_next_test() -> None:
+    assert os.environ.get("MR_NOTEBOOK_URL") != "http://127.0.0.1:9/set-by-a-test/"
+
+
+def test_the_shell_environment_does_not_reach_tests() -> None:
+    env = {**os.environ, "MR_NOTEBOOK_URL": "http://127.0.0.1:9/", "MR_NOTEBOOK_TOKEN": "t", "HF_ENDPOINT": "http://x"}
+    selected = [f"{__file__}::test_env_seen_by_a_test", f"{__file__}::test_env_seen_by_the_next_test"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selected],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
