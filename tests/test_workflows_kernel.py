@@ -16,9 +16,11 @@ from test_kernel import _clean_env, _collect, execute, text_of
 
 from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
 
 CODE_REPLY = "Use a non-zero divisor:\n```python\nratio = 1 / 4\n```"
 HOSTILE = "<b onmouseover=alert(1)>bold</b> \"q\" 'a'"
+THINK_TEMPLATE = CHATML_TEMPLATE + "{% if enable_thinking is defined %}<think></think>{% endif %}"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,8 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModel
     store.import_gguf(tiny_model_factory(reply="one two three ", never_stop=True, context_length=8192), "ai/loop")
     store.import_gguf(tiny_model_factory(reply=CODE_REPLY, context_length=8192), "ai/code")
     store.import_gguf(tiny_model_factory(reply=HOSTILE), "ai/hostile")
+    thinker = tiny_model_factory(reply=f"<think>Weigh it. {HOSTILE}</think>It is *fine*.", chat_template=THINK_TEMPLATE)
+    store.import_gguf(thinker, "ai/thinker")
     return home
 
 
@@ -140,3 +144,17 @@ def test_compare_logprobs_and_provenance_metadata(kernel: tuple[KernelManager, B
     meta = final_reply[0]["metadata"]["mr_notebook"]["provenance"]
     assert meta["model"] == "ai/hostile" and meta["digest"].startswith("sha256:")
     assert meta["params"] == {"logprobs": True, "top_logprobs": 5}
+
+
+def test_reasoning_collapsed_above_the_streamed_answer(kernel: tuple[KernelManager, BlockingKernelClient]) -> None:
+    _, kc = kernel
+    _, messages, _ = ok(kc, "%%chat -m ai/thinker\nIs it fine?")
+    outputs = [m["content"] for m in messages if m["msg_type"] in ("display_data", "update_display_data")]
+    final = [o for o in outputs if "mr_notebook" in o.get("metadata", {})][-1]["data"]
+    html = final["text/html"]
+    assert html.startswith("<details class='mr-notebook-reasoning'") and "<details open" not in html
+    assert html.index("Weigh it.") < html.index("</details>") < html.index("<em>fine</em>")
+    assert "<b " not in html and "&lt;b onmouseover=alert(1)&gt;" in html
+    assert final["text/plain"] == "It is *fine*."
+    _, _, shown = ok(kc, "print(repr(_chat), repr(_chat.reasoning))")
+    assert "'It is *fine*.'" in shown and "Weigh it." in shown
