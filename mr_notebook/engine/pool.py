@@ -15,7 +15,14 @@ from typing import Any
 from mr_notebook.engine import memory
 from mr_notebook.engine.handle import WorkerHandle
 from mr_notebook.engine.results import ModelStatus
-from mr_notebook.errors import InsufficientMemory, InvalidRequest, ModelNotFound, MrNotebookError, QueueFull
+from mr_notebook.errors import (
+    EngineUnavailable,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelNotFound,
+    MrNotebookError,
+    QueueFull,
+)
 from mr_notebook.settings import EngineSettings, parse_duration
 from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, ModelRecord, Store, format_bytes
 from mr_notebook.store.pull.common import PullProgress
@@ -43,6 +50,7 @@ class WorkerPool:
         self._loading: dict[str, asyncio.Future[WorkerHandle]] = {}
         #: Progress callbacks of the callers of ``load``, by model id (a load may be joined by several).
         self._listeners: dict[str, list[Callable[[PullProgress], None]]] = {}
+        self._closed = False
 
     async def start(self) -> None:
         """Bind to the running loop (idempotent; every operation calls it)."""
@@ -51,7 +59,8 @@ class WorkerPool:
             self._load_lock = asyncio.Lock()
 
     async def close(self) -> None:
-        """End every worker process (loads in progress included)."""
+        """End every worker process (loads in progress included); no load starts afterwards."""
+        self._closed = True
         for loading in list(self._loading.values()):
             loading.cancel()
         await asyncio.gather(*self._loading.values(), return_exceptions=True)
@@ -295,6 +304,8 @@ class WorkerPool:
         A client timing out during a long load would otherwise cancel it, and the next attempt start over.
         The load belongs to the Runner (``close`` cancels it, which ends its process).
         """
+        if self._closed:  # a request that was on its way while the host shut down: start no worker nobody ends
+            raise EngineUnavailable(f"The model engine is shutting down, so {name} was not loaded; retry once it runs.")
         loading = self._loading.get(record.id)
         if loading is None:
             loading = asyncio.ensure_future(self._load_now(name, record, context_size))

@@ -19,11 +19,15 @@ Rules kept here (and nowhere else):
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import dataclasses
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from mr_notebook import __version__
+from mr_notebook.errors import InvalidRequest, ModelInUse
 from mr_notebook.service.results import (
     DiskUsage,
     LoadedModel,
@@ -33,11 +37,12 @@ from mr_notebook.service.results import (
     PullResult,
     PurgeResult,
     Reconfigured,
+    RemoteModel,
     Removal,
     ServiceStatus,
 )
-from mr_notebook.settings import EngineSettings
-from mr_notebook.store import ModelRecord, Store
+from mr_notebook.settings import EngineSettings, parse_duration
+from mr_notebook.store import ModelRecord, Store, parse_ref
 
 if TYPE_CHECKING:
     from mr_notebook.engine import Runner
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 
 #: A progress callback: called on the service's event loop, in event order.
 ProgressCallback = Callable[[Progress], None]
+T = TypeVar("T")
 
 
 class ModelService:
@@ -65,35 +71,79 @@ class ModelService:
         env: Mapping[str, str] | None = None,
         mode: str = "local",
     ) -> None:
-        raise NotImplementedError
+        self._store = store
+        self._runner = runner
+        self._settings = settings
+        self._engines = list(engines)
+        self._env = env
+        self.mode = mode
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<ModelService store={str(self._store.home)!r} mode={self.mode!r}>"
 
     # ------------------------------------------------------------------ the engine
     @property
     def store(self) -> Store:
         """The store this service owns."""
-        raise NotImplementedError
+        return self._store
 
     @property
     def runner(self) -> Runner | None:
         """The Runner if it exists yet (None: no model was ever needed, so nothing is loaded)."""
-        raise NotImplementedError
+        return self._runner
 
     async def ready_runner(self) -> Runner:
         """The Runner, created if needed and started on the running loop (generation routes call it)."""
-        raise NotImplementedError
+        if self._runner is not None and self._started:
+            return self._runner
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._runner is None:
+                from mr_notebook.engine import Runner
+
+                settings = self._settings if self._settings is not None else EngineSettings.from_env(self._env)
+                self._runner = Runner(self._store, settings, self._engines)
+            if not self._started:
+                await self._runner.start()
+                self._started = True
+        return self._runner
 
     async def close(self) -> None:
         """End every worker (loads in progress included) and close remote engine clients."""
-        raise NotImplementedError
+        if self._runner is not None:
+            await self._runner.close()
+
+    def _loaded(self) -> builtins.list[LoadedModel]:
+        runner = self._runner
+        return [LoadedModel.from_status(s) for s in runner.ps()] if runner is not None and self._started else []
 
     # ------------------------------------------------------------------ store verbs
     async def list(self) -> builtins.list[ModelEntry]:
         """Stored models (newest first), then remote engines' models."""
-        raise NotImplementedError
+        records: builtins.list[ModelEntry] = list(await asyncio.to_thread(self._store.list))
+        runner = await self.ready_runner()
+        return records + [RemoteModel(engine.name, model) for engine, model in await runner.remote.models()]
 
     async def inspect(self, ref: str) -> ModelEntry:
         """One model: stored (ModelRecord) or a remote engine's (RemoteModel). ModelNotFound if neither."""
-        raise NotImplementedError
+        remote = await self._remote(ref)
+        if remote is not None:
+            return remote
+        return await asyncio.to_thread(self._store.get, ref)
+
+    async def _remote(self, ref: str) -> RemoteModel | None:
+        runner = await self.ready_runner()
+        found = runner.remote.resolve(ref)
+        if found is None:
+            return None
+        engine, remote_id = found
+        spec = engine.spec
+        config = {"url": spec.url, "kind": spec.kind, "remote_id": remote_id}
+        # Requests the engine takes at once from us: what batch helpers (map, %%chat -n) may send together.
+        return RemoteModel(engine.name, remote_id, config, {"parallel": spec.max_concurrency})
 
     async def pull(
         self,
@@ -104,44 +154,81 @@ class ModelService:
     ) -> PullResult:
         """Pull from a registry or the Hub (in a thread). Cancelling the awaiting task, or setting ``cancel``,
         stops the download (the partial file is kept for the next pull to resume) and raises."""
-        raise NotImplementedError
+        from mr_notebook.store.pull import pull
+
+        parse_ref(ref)  # a bad reference raises here, before a thread starts
+        loop = asyncio.get_running_loop()
+        stop = cancel if cancel is not None else threading.Event()
+
+        def report(event: Progress) -> None:  # on the pull's thread: hand it to the loop, in order
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, event)
+
+        return await in_thread(
+            lambda: pull(self._store, ref, progress=report, cancel=stop, env=self._env), stop, f"pull {ref}"
+        )
 
     async def package(self, path: str, name: str, *, link: bool = True) -> ModelRecord:
         """Add a GGUF file this process can read as ``name`` (split models: give part 1). Hard-linked into the
         store when it is on the same filesystem (no bytes copied), else copied; hashed either way."""
-        raise NotImplementedError
+        parse_ref(name)
+        return await in_thread(lambda: self._store.import_gguf(path, name, link=link), None, f"package {name}")
 
     def upload(self, name: str, *, size: int | None = None, digest: str | None = None) -> Upload:
         """Start receiving a GGUF file's bytes for model ``name`` (``POST /models/load``): they stream to a
         partial file and are hashed on the way; ``await upload.finish()`` publishes the model, ``abort()``
         deletes the partial. ``size``/``digest``, when given, are checked before anything becomes visible."""
-        raise NotImplementedError
+        from mr_notebook.service.upload import Upload
+
+        return Upload(self._store, parse_ref(name), size=size, digest=digest)
 
     async def tag(self, source: str, target: str) -> ModelRecord:
         """Give a stored model another name; returns it with all its names."""
-        raise NotImplementedError
+        parse_ref(target)
+        return await asyncio.to_thread(self._store.tag, source, target)
 
     async def rm(self, refs: Sequence[str], *, force: bool = False) -> Removal:
         """Remove names; a model left without a name is deleted, its idle workers unloaded first.
 
         ModelInUse (409) without ``force``: a busy loaded model, or a model given by id that has several names.
         """
-        raise NotImplementedError
+        if self._runner is not None:
+            self._runner.remote.refuse(refs, "rm")
+        doomed = await asyncio.to_thread(self._store.doomed, refs, force=force)
+        ids = {record.id for record in doomed}
+        unloaded = await self._end_workers([row for row in self._loaded() if row.id in ids], force, "remove")
+        removal = await asyncio.to_thread(self._store.remove, refs, force=force)
+        return dataclasses.replace(removal, unloaded=unloaded)
+
+    async def _end_workers(self, rows: builtins.list[LoadedModel], force: bool, verb: str) -> builtins.list[str]:
+        """The rule for deleting loaded models: idle ones are unloaded; busy ones only with ``force``."""
+        busy = [row for row in rows if row.busy]
+        if busy and not force:
+            names = ", ".join(f"{row.model} ({row.in_flight} running, {row.queued} waiting)" for row in busy)
+            raise ModelInUse(
+                f"Cannot {verb} {names}: the model is answering requests. Wait for them to finish, or force it "
+                "(-f / ?force=true), which ends those requests."
+            )
+        if rows and self._runner is not None:
+            await self._runner.unload([row.model for row in rows])
+        return [row.model for row in rows]
 
     async def prune(self) -> PruneResult:
         """Delete partial downloads nobody writes and blobs no model or pull uses."""
-        raise NotImplementedError
+        return PruneResult(**await asyncio.to_thread(self._store.prune))
 
     async def purge(self, *, force: bool = False) -> PurgeResult:
         """Unload every model, then delete every stored model and blob (pulls in flight keep theirs).
 
         ModelInUse (409) without ``force`` when a loaded model is busy.
         """
-        raise NotImplementedError
+        unloaded = await self._end_workers(self._loaded(), force, "purge")
+        report = await asyncio.to_thread(self._store.purge)
+        return PurgeResult(models=report["models"], bytes=report["bytes"], unloaded=len(unloaded))
 
     async def df(self) -> DiskUsage:
         """Disk used by the store."""
-        raise NotImplementedError
+        return DiskUsage(**await asyncio.to_thread(self._store.df))
 
     async def configure(
         self,
@@ -154,7 +241,14 @@ class ModelService:
     ) -> Reconfigured:
         """Validate and persist per-model settings (InvalidRequest names a bad one), then apply them: idle
         workers reload now, busy ones when they go idle."""
-        raise NotImplementedError
+        if not isinstance(ref, str) or not ref.strip():
+            raise InvalidRequest("model is required: the stored model to configure, e.g. ai/smollm2.", "model")
+        runner = await self.ready_runner()
+        runner.remote.refuse([ref], "configure")
+        settings = model_settings(context_size=context_size, keep_alive=keep_alive, threads=threads, parallel=parallel)
+        record = await asyncio.to_thread(self._store.configure, ref, **settings)
+        reloaded, pending = await runner.reconfigure(record.id)
+        return Reconfigured(record, reloaded, pending)
 
     # ------------------------------------------------------------------ engine verbs
     async def load(
@@ -166,16 +260,101 @@ class ModelService:
     ) -> LoadedModel:
         """Load a model now (its keep_alive timer starts at once) and return its ``ps`` row; a remote model is
         only looked up. The load belongs to the Runner: a caller that goes away does not cancel it."""
-        raise NotImplementedError
+        if not isinstance(ref, str) or not ref.strip():
+            raise InvalidRequest("model is required: the model to load, e.g. ai/smollm2.", "model")
+        seconds = None if keep_alive is None else parse_duration(keep_alive)
+        runner = await self.ready_runner()
+        remote = runner.remote.resolve(ref)
+        if remote is not None:
+            engine = remote[0]
+            return LoadedModel.from_engine({**engine.status(), "name": f"{engine.name}/{remote[1]}"})
+        status = await runner.load(ref, keep_alive=seconds, progress=progress)
+        return LoadedModel.from_status(status)
 
     async def unload(self, refs: Sequence[str] | None = None) -> int:
         """End the workers of ``refs`` (None: all); returns how many were running."""
-        raise NotImplementedError
+        if refs is not None and (isinstance(refs, str) or not all(isinstance(r, str) for r in refs)):
+            raise InvalidRequest("models must be a list of model names.", "models")
+        if self._runner is None:
+            return 0
+        return await self._runner.unload(None if refs is None else list(refs))
 
     async def ps(self) -> builtins.list[LoadedModel]:
         """Loaded models (most recently used first), then remote engines that have served requests."""
-        raise NotImplementedError
+        rows = self._loaded()
+        if self._runner is not None:
+            rows += [LoadedModel.from_engine(e) for e in self._runner.remote.status() if e.get("requests")]
+        return rows
 
     async def status(self) -> ServiceStatus:
         """What is serving, and how."""
-        raise NotImplementedError
+        runner = await self.ready_runner()
+        return ServiceStatus(
+            version=__version__,
+            mode=self.mode,
+            loaded_models=len(runner.ps()),
+            max_queue=runner.settings.max_queue,
+            store=str(self._store.home),
+            engines=runner.remote.status(),
+        )
+
+
+def model_settings(
+    *,
+    context_size: Any = None,
+    keep_alive: Any = None,
+    threads: Any = None,
+    parallel: Any = None,
+) -> dict[str, Any]:
+    """The settings given (None: not given), checked: each bad value is an InvalidRequest naming it."""
+    settings: dict[str, Any] = {}
+    if context_size is not None:
+        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 1:
+            raise InvalidRequest("context_size must be a positive integer (tokens), e.g. 4096.", "context_size")
+        settings["context_size"] = context_size
+    if keep_alive is not None:
+        settings["keep_alive"] = parse_duration(keep_alive)
+    for key, value in (("threads", threads), ("parallel", parallel)):  # CPU threads, sequences at once
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                raise InvalidRequest(f"{key} must be an integer from 1 to 1024.", key)
+            settings[key] = value
+    return settings
+
+
+async def in_thread(work: Callable[[], T], cancel: threading.Event | None, what: str) -> T:
+    """Run long blocking work (a pull, hashing a file) on a thread of its own, not the shared executor.
+
+    Store reads take ``asyncio.to_thread`` (short); a pull may run for hours and would hold one of the
+    default executor's few threads. If the awaiting task is cancelled, ``cancel`` is set and the work is
+    waited for (it stops at its next check), so nothing keeps writing after the caller has gone.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name=f"mr-notebook {what}", daemon=True).start()
+    try:
+        result: T = await asyncio.shield(done)
+        return result
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel.set()
+        await asyncio.wait({done})
+        raise
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
