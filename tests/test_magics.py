@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import CapturedIO, capture_output
 
-from mr_notebook.client.local import LocalEngine
 from mr_notebook.errors import ModelNotFound
 from mr_notebook.kernel import kernel_state
 from mr_notebook.kernel.chat import ChatReply, GenerationStopped
@@ -28,6 +25,7 @@ from mr_notebook.store import Store
 from mr_notebook.tables import Record, Table
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.hub import LocalHub
+from mr_notebook.testing.shell import fresh, magic_shell, run_cell
 
 LOOP = "one two three "
 
@@ -45,27 +43,17 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModel
 @pytest.fixture(scope="module")
 def shell(home: Path) -> Iterator[InteractiveShell]:
     """One shell for the module, its extension loaded on an in-kernel engine over ``home``."""
-    ip = start_ipython() or get_ipython()  # None when another test module started the global shell first
-    assert ip is not None
-    ip.run_line_magic("load_ext", "mr_notebook")
-    kernel_state(ip).use(LocalEngine(Store(home)))
-    yield ip
-    ip.run_line_magic("unload_ext", "mr_notebook")
+    with magic_shell(home) as ip:
+        yield ip
 
 
 @pytest.fixture
 def ip(shell: InteractiveShell) -> InteractiveShell:
-    state = kernel_state(shell)
-    state.conversations.clear()
-    state.default_model = None
-    shell.user_ns.pop("_chat", None)
-    return shell
+    return fresh(shell)
 
 
 def run(ip: InteractiveShell, code: str) -> tuple[ExecutionResult, CapturedIO]:
-    with capture_output() as captured:
-        result = ip.run_cell(code, store_history=False)
-    return result, captured
+    return run_cell(ip, code)
 
 
 def test_load_ext_imports_no_engine_and_registers_the_magics() -> None:

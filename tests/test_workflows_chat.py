@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from IPython import get_ipython
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
-from IPython.testing.globalipapp import start_ipython
-from IPython.utils.capture import CapturedIO, capture_output
+from IPython.utils.capture import CapturedIO
 
 from mr_notebook.client.local import LocalEngine
 from mr_notebook.kernel import kernel_state
@@ -28,6 +26,7 @@ from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.markup import PAYLOADS, inert_text
 from mr_notebook.testing.registry import LocalRegistry
+from mr_notebook.testing.shell import fresh, magic_shell, run_cell
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
 from mr_notebook.workflows.lock import LockError, read_lock, sync
 
@@ -54,28 +53,18 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModel
 
 @pytest.fixture(scope="module")
 def shell(home: Path) -> Iterator[InteractiveShell]:
-    ip = start_ipython() or get_ipython()
-    assert ip is not None
-    ip.run_line_magic("load_ext", "mr_notebook")
-    kernel_state(ip).use(LocalEngine(Store(home)))
-    yield ip
-    ip.run_line_magic("unload_ext", "mr_notebook")
+    """One shell for the module, its extension loaded on an in-kernel engine over ``home``."""
+    with magic_shell(home) as ip:
+        yield ip
 
 
 @pytest.fixture
 def ip(shell: InteractiveShell) -> InteractiveShell:
-    state = kernel_state(shell)
-    state.conversations.clear()
-    state.default_model = None
-    state.used_models.clear()
-    shell.user_ns.pop("_chat", None)
-    return shell
+    return fresh(shell)
 
 
 def run(ip: InteractiveShell, code: str) -> tuple[ExecutionResult, CapturedIO]:
-    with capture_output() as captured:
-        result = ip.run_cell(code, store_history=True)
-    return result, captured
+    return run_cell(ip, code, store_history=True)
 
 
 def test_error_sends_the_last_exception_and_its_cell(ip: InteractiveShell) -> None:
