@@ -40,6 +40,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from mr_notebook.store.imports import discover, find, import_models, locations
+
     if args.source is None or args.list:
         found = discover() if args.source is None else find(args.source)
         if not found:
@@ -218,7 +219,9 @@ def _answer(engine: Engine, model: str, messages: list[dict[str, Any]]) -> str:
 def _interactive(engine: Engine, model: str) -> int:
     """A chat in the terminal, like `docker model run`: history kept, /bye leaves, \"\"\" for several lines."""
     print(f'Chatting with {model}. Send /bye to leave; start and end a message with """ for several lines.')
-    messages: list[dict[str, Any]] = []
+    from mr_notebook.conversation import Conversation
+
+    conversation = Conversation()  # the type %%chat and the chat widget keep
     while True:
         try:
             line = input("> ")
@@ -237,14 +240,12 @@ def _interactive(engine: Engine, model: str) -> int:
             line = "\n".join(lines).removesuffix('"""').strip()
         if not line.strip():
             continue
-        messages.append({"role": "user", "content": line})
         try:
-            reply = _answer(engine, model, messages)
+            reply = _answer(engine, model, conversation.messages(line))
         except KeyboardInterrupt:
             print("\n(stopped)")
-            messages.pop()
             continue
-        messages.append({"role": "assistant", "content": reply})
+        conversation.record(line, reply)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
