@@ -87,12 +87,36 @@ TOOL_MODELS = {
     PARALLEL: (PARALLEL_REPLY, HERMES_TEMPLATE),
 }
 
+#: Replies whose call marker is a control token (hidden unless the engine keeps it, as it does when tools are
+#: offered) after some text, and one whose call names a tool that was not offered (``auto``'s lazy grammar
+#: holds it to the offered names): name → (reply, template, control tokens).
+LLAMA3_TAG = "ai/llama3-tag:latest"
+MISTRAL_TAG = "ai/mistral-tag:latest"
+MISSPELLED = "ai/misspelled-tools:latest"
+TAG_REPLY = 'Let me check. <|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}'
+MISTRAL_TAG_REPLY = f"Sure. [TOOL_CALLS][{CALL}]"
+MISSPELLED_REPLY = 'Sure. <tool_call>\n{"name": "pong", "arguments": {}}\n</tool_call>'
+CONTROL_MODELS = {
+    LLAMA3_TAG: (TAG_REPLY, LLAMA3_TEMPLATE, ("<|python_tag|>",)),
+    MISTRAL_TAG: (MISTRAL_TAG_REPLY, MISTRAL_TEMPLATE, ("[TOOL_CALLS]",)),
+    MISSPELLED: (MISSPELLED_REPLY, HERMES_TEMPLATE, ()),
+}
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "The weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+#: A tool without parameters: greedy decoding under its grammar has one finite path (no free string to fill).
+PING_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "ping",
+        "description": "Check the connection",
+        "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
     },
 }
 TIME_TOOL = {
@@ -110,6 +134,8 @@ def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
     store = fill_store(home, factory)
     for name, (reply, template) in TOOL_MODELS.items():
         store.import_gguf(factory(reply=reply, chat_template=template), name)
+    for name, (reply, template, controls) in CONTROL_MODELS.items():
+        store.import_gguf(factory(reply=reply, chat_template=template, controls=controls), name)
     store.import_gguf(factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), THINKER)
     store.import_gguf(factory(chat_template=EFFORT_TEMPLATE), EFFORT)
     return store

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -15,8 +16,12 @@ from test_protocol_support import (
     HERMES,
     HERMES_REPLY,
     LLAMA3,
+    LLAMA3_TAG,
+    MISSPELLED,
     MISTRAL,
+    MISTRAL_TAG,
     PARALLEL,
+    PING_TOOL,
     QWEN3,
     THINK_REPLY,
     THINK_TEMPLATE,
@@ -250,6 +255,45 @@ def test_required_and_named_choices_are_constrained_by_a_grammar(server: ServerP
     else:  # … or run out of tokens inside one; it is never the prose reply
         assert forced.choices[0].finish_reason == "length"
         assert (message.content or "").replace(" ", "").startswith('{"name":"get_time","arguments":{')
+
+
+@pytest.mark.parametrize("model", [LLAMA3_TAG, MISTRAL_TAG])
+def test_control_token_markers_are_kept_while_tools_are_offered(server: ServerProcess, model: str) -> None:
+    c = client(server)
+    # The marker (<|python_tag|>, [TOOL_CALLS]) is a control token after some text: only with it visible can
+    # the parser tell the call from the text (llama.cpp's server keeps such "preserved tokens" too).
+    answer = c.chat.completions.create(model=model, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    message = answer.choices[0].message
+    assert answer.choices[0].finish_reason == "tool_calls" and (message.content or "").strip() in (
+        "Let me check.",
+        "Sure.",
+    )
+    (call,) = message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    streamed = list(c.chat.completions.create(model=model, messages=ASK, tools=[WEATHER_TOOL], stream=True))  # type: ignore[list-item]
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    # Without tools the control token stays hidden, as for any answer.
+    plain = c.chat.completions.create(model=model, messages=ASK).choices[0].message.content or ""
+    assert "<|python_tag|>" not in plain and "[TOOL_CALLS]" not in plain and '"get_weather"' in plain
+
+
+def test_auto_calls_are_held_to_the_offered_tools_by_a_lazy_grammar(server: ServerProcess) -> None:
+    c = client(server)
+    # The model's own reply calls "pong", a tool nobody offered: without tools it comes out as written …
+    free = c.chat.completions.create(model=MISSPELLED, messages=ASK).choices[0].message.content or ""
+    assert '"pong"' in free
+    # … under tool_choice auto the text before <tool_call> is free, and from the marker on only calls of the
+    # offered tools can be written, so the call parses (llama.cpp's lazy grammar). Greedy: the tiny model's
+    # path through the grammar is then fixed.
+    options: dict[str, Any] = {"tools": [PING_TOOL], "temperature": 0, "parallel_tool_calls": False}
+    answer = c.chat.completions.create(model=MISSPELLED, messages=ASK, **options)
+    message = answer.choices[0].message
+    assert answer.choices[0].finish_reason == "tool_calls" and (message.content or "").strip() == "Sure."
+    assert [(t.function.name, json.loads(t.function.arguments)) for t in message.tool_calls or []] == [("ping", {})]
+    chunks = list(c.chat.completions.create(model=MISSPELLED, messages=ASK, stream=True, **options))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip() == "Sure."
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # Every family's calls still come out exactly as the model writes them (test_openai_sdk_gets_tool_calls…).
 
 
 def test_two_step_tool_loop(server: ServerProcess) -> None:

@@ -209,7 +209,7 @@ class MessagesHandler(AnthropicHandler):
         if not isinstance(streaming, bool):
             raise InvalidRequest("stream must be true or false.", "stream")
         traits = await model_traits(self.ctx, self.settings, model)
-        params = engine_params(self.ctx, turn)
+        params = engine_params(self.ctx, turn, traits)
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(messages), params)
         self.message_id = "msg_" + uuid.uuid4().hex[:24]

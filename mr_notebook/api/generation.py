@@ -216,7 +216,7 @@ class ChatCompletionsHandler(GenerationHandler):
         streaming, usage = optional_bool(body, "stream"), include_usage(body)
         turn = openai_turn(model, body)
         traits = await model_traits(self.ctx, self.settings, model)
-        params = engine_params(self.ctx, turn)
+        params = engine_params(self.ctx, turn, traits)
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(body.get("messages")), params)
         await self.run_cancellable(self.answer(model, stream, turn, traits, streaming=streaming, usage=usage))

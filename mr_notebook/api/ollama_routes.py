@@ -331,7 +331,7 @@ class ChatHandler(_OllamaGeneration):
         turn = TurnRequest(
             model, openai, tools, "auto" if tools else "none", reasoning="drop" if think is False else "split"
         )
-        params = engine_params(self.ctx, turn)
+        params = engine_params(self.ctx, turn, await model_traits(self.ctx, self.settings, model))
         await self.load_first(model, params.keep_alive, num_ctx(body))
         runner = await self.ctx.ready_runner()
         stream = runner.chat(model, template_messages(converted), params)

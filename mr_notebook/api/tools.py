@@ -131,20 +131,46 @@ def parse_tool_choice(value: Any, tools: dict[str, dict[str, Any]]) -> tuple[str
     return "required", name
 
 
-def call_format(tools: dict[str, dict[str, Any]], name: str | None, parallel: bool) -> dict[str, Any]:
-    """A ``response_format`` whose grammar only admits calls of ``tools`` (``required`` / a named choice)."""
+def call_schema(tools: dict[str, dict[str, Any]], name: str | None = None, key: str = "arguments") -> dict[str, Any]:
+    """The JSON schema of one call object ``{"name": …, key: {…}}`` of ``tools`` (or of the tool ``name``)."""
 
     def one(tool: str) -> dict[str, Any]:
         return {
             "type": "object",
-            "properties": {"name": {"const": tool}, "arguments": tools[tool]},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": tool}, key: tools[tool]},
+            "required": ["name", key],
         }
 
     options = [one(t) for t in tools if name is None or t == name]
-    single: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def call_format(tools: dict[str, dict[str, Any]], name: str | None, parallel: bool) -> dict[str, Any]:
+    """A ``response_format`` whose grammar only admits calls of ``tools`` (``required`` / a named choice)."""
+    single = call_schema(tools, name)
     schema = single if name is not None or not parallel else {"anyOf": [single, {"type": "array", "items": single}]}
     return {"type": "json_schema", "json_schema": {"name": "tool_calls", "schema": schema}}
+
+
+def lazy_grammar(family: str, tools: dict[str, dict[str, Any]], parallel: bool, template: str) -> dict[str, Any]:
+    """What the worker needs for ``tool_choice`` auto (engine/llama/tool_grammar.py builds the grammar).
+
+    Free text until the family's opening marker, then only calls of ``tools`` in the family's syntax; the
+    family's control tokens are also shown as text, so the parser sees them.
+    """
+    spec: dict[str, Any] = {
+        "family": family,
+        "parallel": parallel,
+        "call": call_schema(tools, key="parameters" if family == "llama3" else "arguments"),
+    }
+    if family == "qwen3_xml":
+        spec["params"] = {
+            tool: [str(k) for k in schema["properties"]] if isinstance(schema.get("properties"), dict) else []
+            for tool, schema in tools.items()
+        }
+    if family == "mistral" and "[ARGS]" in template:
+        spec["grammar"] = False  # NAME[ARGS]{…} calls: markers shown, no grammar (not JSON the converter writes)
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------- parsing

@@ -180,14 +180,19 @@ def openai_turn(model: str, body: dict[str, Any]) -> TurnRequest:
     )
 
 
-def engine_params(ctx: ApiContext, turn: TurnRequest) -> GenerationParams:
-    """The engine's parameters; ``required`` / named tool choices become a grammar of the tools' schemas."""
+def engine_params(ctx: ApiContext, turn: TurnRequest, traits: ModelTraits | None = None) -> GenerationParams:
+    """The engine's parameters; ``required`` / named tool choices become a grammar of the tools' schemas.
+
+    With ``traits``, ``auto`` gets a lazy grammar of the model's call syntax (free text until a call starts).
+    """
     body = dict(turn.body)
     if turn.tools and turn.choice == "required":
         body["response_format"] = toolkit.call_format(turn.tools, turn.forced, turn.parallel)
     if turn.choice == "none":
         body.pop("tools", None)  # the template then does not offer them (llama.cpp does the same)
     params = GenerationParams.from_request(body)
+    if turn.tools and turn.choice == "auto" and traits is not None and traits is not REMOTE_TRAITS:
+        params.tool_grammar = toolkit.lazy_grammar(traits.family, turn.tools, turn.parallel, traits.template)
     cap = ctx.limits.max_tokens
     if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
         params.max_tokens = cap

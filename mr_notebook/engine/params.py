@@ -61,13 +61,13 @@ def _stop(value: Any) -> list[str]:
     raise InvalidRequest("stop must be a string or a list of strings.", "stop")
 
 
-def _check_schema(schema: Any, path: str = "schema", depth: int = 0) -> None:
+def check_schema(schema: Any, path: str = "schema", depth: int = 0) -> None:
     """Refuse limits that would make the grammar explode, naming where they are."""
     if depth > 64:
         raise InvalidRequest("response_format: the JSON schema nests deeper than 64 levels.", "response_format")
     if isinstance(schema, list):
         for i, item in enumerate(schema):
-            _check_schema(item, f"{path}[{i}]", depth + 1)
+            check_schema(item, f"{path}[{i}]", depth + 1)
         return
     if not isinstance(schema, dict):
         return
@@ -91,7 +91,7 @@ def _check_schema(schema: Any, path: str = "schema", depth: int = 0) -> None:
                 )
     for key, value in schema.items():
         if isinstance(value, dict | list):
-            _check_schema(value, f"{path}.{key}", depth + 1)
+            check_schema(value, f"{path}.{key}", depth + 1)
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:
@@ -104,7 +104,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
         schema = value.get("schema")
         if schema is not None and not isinstance(schema, dict):
             raise InvalidRequest("response_format.schema must be a JSON schema object.", "response_format")
-        _check_schema(schema)
+        check_schema(schema)
         return dict(value)
     if kind == "json_schema":
         spec = value.get("json_schema")
@@ -113,7 +113,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
                 'response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}.',
                 "response_format",
             )
-        _check_schema(spec.get("schema"))
+        check_schema(spec.get("schema"))
         return dict(value)
     raise InvalidRequest(
         'response_format must be {"type": "text"}, {"type": "json_object"} or '
@@ -174,6 +174,9 @@ class GenerationParams:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     #: For the API layer (how reasoning text is returned); the engine only carries it.
     reasoning_format: str | None = None
+    #: Set by the API layer, never read from a request body: the lazy tool-call grammar for ``tool_choice``
+    #: auto ({"family", "parallel", "call": one call's JSON schema, "params"}; see engine/llama/tool_grammar.py).
+    tool_grammar: dict[str, Any] | None = None
 
     @classmethod
     def from_request(cls, body: Mapping[str, Any]) -> GenerationParams:

@@ -114,15 +114,22 @@ def _reserved_tokens() -> list[str]:
     return [*specials, *byte_tokens, _IM_START, _IM_END]
 
 
-def reply_pieces(reply: str) -> list[str]:
+def reply_pieces(reply: str, controls: tuple[str, ...] = ()) -> list[str]:
     """Split ``reply`` into the unique vocabulary pieces the model emits.
 
     Pieces use SentencePiece's ``▁`` for spaces; the first piece keeps the
     reply's own leading whitespace (normally none).  A piece that would
     repeat an earlier one is merged with its successor (or predecessor).
+    Each of ``controls`` in the reply is a piece of its own (a control token).
     """
-    words = [w.replace(" ", _SPACE) for w in re.findall(r"\s*\S+|\s+", reply)]
-    raw = [chunk for word in words for chunk in _chunks(word)]
+    raw: list[str] = []
+    parts = re.split("(" + "|".join(re.escape(c) for c in controls) + ")", reply) if controls else [reply]
+    for part in parts:
+        if part in controls:
+            raw.append(part)
+            continue
+        words = [w.replace(" ", _SPACE) for w in re.findall(r"\s*\S+|\s+", part)]
+        raw += [chunk for word in words for chunk in _chunks(word)]
     # A bare newline piece would swallow the "\n" ending every ChatML prompt.
     used = {*_reserved_tokens(), "\n"}
     pieces: list[str] = []
@@ -166,7 +173,7 @@ def _base_normal_tokens() -> list[str]:
     return list(tokens)
 
 
-def _vocabulary(pieces: list[str]) -> tuple[list[str], list[int], list[float]]:
+def _vocabulary(pieces: list[str], controls: tuple[str, ...] = ()) -> tuple[list[str], list[int], list[float]]:
     reserved = _reserved_tokens()
     piece_set = set(pieces)
     normal = [t for t in _base_normal_tokens() if t not in piece_set]
@@ -179,7 +186,9 @@ def _vocabulary(pieces: list[str]) -> tuple[list[str], list[int], list[float]]:
             types.append(gguf.TokenType.BYTE)
         else:
             types.append(gguf.TokenType.CONTROL)
-    types += [gguf.TokenType.NORMAL] * (len(normal) + len(pieces))
+    types += [gguf.TokenType.NORMAL] * len(normal)
+    # A control piece is detokenized as nothing unless special tokens are rendered (like <|python_tag|>).
+    types += [gguf.TokenType.CONTROL if p in controls else gguf.TokenType.NORMAL for p in pieces]
     scores = [0.0] * len(reserved)
     scores += [-float(i) for i in range(len(normal) + len(pieces))]
     return tokens, types, scores
@@ -270,6 +279,7 @@ def build_tiny_model(
     chat_template: str | None = None,
     splits: int = 1,
     mixing: bool = False,
+    controls: tuple[str, ...] = (),
 ) -> Path:
     """Write a tiny llama GGUF model to ``path`` (atomically) and return it.
 
@@ -277,21 +287,22 @@ def build_tiny_model(
     ``{stem}-00001-of-0000N.gguf`` … beside ``path``, tensors spread over the files, metadata and
     tokenizer in the first; it returns the first file, which is what llama.cpp loads.
 
-    The same arguments always produce byte-identical files.
+    The same arguments always produce byte-identical files. ``controls``: texts that are control tokens of
+    the vocabulary (e.g. ``<|python_tag|>``), emitted as such where they occur in the reply.
 
     Raises:
         ValueError: if the reply cannot be represented (too many pieces, too
             repetitive, empty with ``never_stop``), ``pooling`` is unknown or
             ``splits`` is not between 1 and the number of tensors.
     """
-    pieces = reply_pieces(reply)
+    pieces = reply_pieces(reply, controls)
     if never_stop and not pieces:
         raise ValueError("never_stop=True needs a non-empty reply")
     if pooling is not None and pooling not in POOLING_TYPES:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {sorted(POOLING_TYPES)}")
     if context_length < 1:
         raise ValueError("context_length must be positive")
-    tokens, types, scores = _vocabulary(pieces)
+    tokens, types, scores = _vocabulary([*pieces, *(c for c in controls if c not in pieces)], controls)
     tensors: dict[str, Any] = (
         _mixing_weights(len(tokens), seed) if mixing else dict(_weights(tokens, pieces, never_stop, seed))
     )
@@ -346,11 +357,13 @@ class TinyModelFactory:
         chat_template: str | None = None,
         splits: int = 1,
         mixing: bool = False,
+        controls: tuple[str, ...] = (),
     ) -> Path:
         options = (reply, never_stop, pooling, seed, name, context_length, chat_template)
         # One-file models keep their old key, so their file names do not change.
         key = repr(options if splits == 1 else (*options, splits))
         key += ", mixing" if mixing else ""
+        key += f", controls={controls!r}" if controls else ""
         cached = self._cache.get(key)
         if cached is not None and cached.exists():
             return cached
@@ -367,6 +380,7 @@ class TinyModelFactory:
             chat_template=chat_template,
             splits=splits,
             mixing=mixing,
+            controls=controls,
         )
         self._cache[key] = path
         return path

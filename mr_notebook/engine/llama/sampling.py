@@ -12,6 +12,7 @@ import numpy.typing as npt
 from llama_cpp import llama_grammar
 
 from mr_notebook.engine.llama.model import Model, log_since, mark_log, stderr_captured
+from mr_notebook.engine.llama.tool_grammar import TOOLS_ROOT, ToolGrammar, tool_grammar
 from mr_notebook.errors import InvalidRequest
 
 #: Tokens the repeat/presence/frequency penalties look back on (llama-cpp-python's default).
@@ -35,19 +36,37 @@ def grammar_text(response_format: dict[str, Any] | None) -> str | None:
         ) from exc
 
 
-def init_grammar(model: Model, text: str) -> Any:
-    """llama.cpp's grammar sampler, or InvalidRequest saying what llama.cpp refused (never a NULL sampler)."""
+def init_grammar(model: Model, text: str, lazy: ToolGrammar | None = None) -> Any:
+    """llama.cpp's grammar sampler, or InvalidRequest saying what llama.cpp refused (never a NULL sampler).
+
+    ``lazy``: a tool-call grammar that waits for its family's opening marker (text or control token) and
+    constrains only what follows (llama.cpp's lazy grammar, as its server does for ``tool_choice: auto``).
+    """
     mark = mark_log()
     with stderr_captured() as printed:
-        sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode("utf-8"), b"root")
+        if lazy is None:
+            sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode("utf-8"), b"root")
+        else:
+            patterns = (ctypes.c_char_p * len(lazy.patterns))(*(p.encode("utf-8") for p in lazy.patterns))
+            tokens = (llama_cpp.llama_token * len(lazy.tokens))(*lazy.tokens)
+            sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                model.vocab,
+                text.encode("utf-8"),
+                TOOLS_ROOT.encode("utf-8"),
+                patterns,
+                len(lazy.patterns),
+                tokens,
+                len(lazy.tokens),
+            )
     said = [line.strip() for line in printed if "error" in line.lower()]
     reason = " ".join(said)[:300] or log_since(mark)
     if not sampler:
+        what = "the tools' parameter schemas" if lazy is not None else "this response_format"
         raise InvalidRequest(
-            "llama.cpp refused the grammar for this response_format"
+            f"llama.cpp refused the grammar for {what}"
             + (f" ({reason})" if reason else "")
             + ". Simplify the schema (fewer or smaller length and item limits, simpler patterns).",
-            "response_format",
+            "tools" if lazy is not None else "response_format",
         )
     return sampler
 
@@ -65,6 +84,10 @@ class Sampler:
 
     def __init__(self, model: Model, params: dict[str, Any], grammar: str | None, seed_offset: int = 0) -> None:
         self.model = model
+        spec = params.get("tool_grammar")
+        self.tool_grammar = tool_grammar(model, spec) if isinstance(spec, dict) else None
+        #: Control tokens shown as text in this sequence's output (tool-call markers while tools are offered).
+        self.preserved = self.tool_grammar.preserved if self.tool_grammar is not None else frozenset()
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.chain = chain
         try:
@@ -93,6 +116,13 @@ class Sampler:
             self._add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, repeat, freq, present))
         if grammar is not None:
             self._add(init_grammar(self.model, grammar))
+        elif self.tool_grammar is not None and self.tool_grammar.text is not None:
+            try:
+                lazy = init_grammar(self.model, self.tool_grammar.text, self.tool_grammar)
+            except InvalidRequest:
+                lazy = None  # refused by llama.cpp: the answer stays free (see tool_grammar.tool_grammar)
+            if lazy is not None:
+                self._add(lazy)
         temperature = params["temperature"]
         if temperature <= 0.0:
             self._add(llama_cpp.llama_sampler_init_greedy())

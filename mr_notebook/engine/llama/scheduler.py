@@ -318,7 +318,7 @@ class Scheduler:
         job.completion_tokens += 1
         if job.top_logprobs is not None:
             entry = logprob_entry(self.model, logits, token, job.top_logprobs)
-        text = choice.decoder.decode(self.model.piece(token))
+        text = choice.decoder.decode(self.model.piece(token, special=token in choice.sampler.preserved))
         shown, hit = choice.matcher.feed(text)
         self._emit(job, choice, shown, entry)
         if hit:
