@@ -10,13 +10,26 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from mr_notebook.digests import short_id
 from mr_notebook.errors import MrNotebookError
+from mr_notebook.progress import ProgressBar
 from mr_notebook.settings import DEFAULT_PORT
-from mr_notebook.store import Store, format_bytes, normalize
-from mr_notebook.tables import df_record, found_table, model_table, ps_table
+from mr_notebook.store import Store, normalize
+from mr_notebook.tables import (
+    added_text,
+    configured_text,
+    df_record,
+    found_table,
+    model_table,
+    pruned_text,
+    ps_table,
+    purged_text,
+    removal_lines,
+)
 
 if TYPE_CHECKING:
     from mr_notebook.client import Engine
@@ -28,13 +41,22 @@ def _store(args: argparse.Namespace) -> Store:
     return Store(args.home)
 
 
+@contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[Engine]:
+    """The engine to ask: a running server when there is one (MR_NOTEBOOK_URL, `mr-notebook serve`), so a
+    command never changes files under a server's loaded models behind its back; else one in this process."""
+    from mr_notebook.client import connect
+
+    engine = connect(args.home)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def cmd_package(args: argparse.Namespace) -> int:
-    record = _store(args).import_gguf(args.gguf, args.name, link=not args.copy)
-    config = record.config
-    print(
-        f"Model {normalize(args.name)} packaged ({record.short_id}, {config.get('parameters')} "
-        f"{config.get('quantization')}, {config.get('size')})"
-    )
+    with _engine(args) as engine:
+        print(added_text(engine.package(args.gguf, args.name, link=not args.copy)))
     return 0
 
 
@@ -61,18 +83,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mr_notebook.engine.remote.commands import remote_models
-
-    store = _store(args)
-    records = store.list()
-    remote = remote_models(store.home)  # NAME/<id> of each remote engine (asked now, a few seconds at most)
+    with _engine(args) as engine:
+        models = engine.list()  # stored models, then remote engines' NAME/<id>
     if args.json:
-        print(json.dumps([_docker_json(r.to_json()) for r in records] + remote, indent=2))
+        print(json.dumps([{k: m.get(k) for k in ("id", "tags", "created", "config")} for m in models], indent=2))
     elif args.quiet:
-        for record in records:
-            print(record.short_id)
+        for model in models:
+            print(short_id(str(model.get("id", ""))))
     else:
-        print(model_table([r.to_json() for r in records] + remote).text())
+        print(model_table(models).text())
     return 0
 
 
@@ -85,80 +104,58 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _docker_json(data: dict[str, Any]) -> dict[str, Any]:
-    """`list --json` prints exactly Docker Model Runner's fields."""
-    return {k: data[k] for k in ("id", "tags", "created", "config")}
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    store = _store(args)
-    found = [store.get(name).to_json() for name in args.names]
+    with _engine(args) as engine:
+        found = [engine.inspect(name) for name in args.names]
     print(json.dumps(found[0] if len(found) == 1 else found, indent=2))
     return 0
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    _store(args).tag(args.source, args.target)
-    print(f"Model {normalize(args.source)} tagged as {normalize(args.target)}")
+    with _engine(args) as engine:
+        engine.tag(args.source, args.target)
+    print(f"Model {args.source} tagged as {args.target}.")
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from mr_notebook.engine.remote import RemoteEngines
-
-    store = _store(args)
-    RemoteEngines(store.home).refuse(args.names, "rm")
-    removal = store.remove(args.names, force=args.force)
-    for line in [f"Untagged: {name}" for name in removal.untagged] + [f"Deleted: {mid}" for mid in removal.deleted]:
-        print(line)
+    with _engine(args) as engine:
+        for line in removal_lines(engine.rm(args.names, force=args.force)):
+            print(line)
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    report = _store(args).prune()
-    print(f"Removed {report['files']} unused file(s), reclaimed {format_bytes(report['bytes'])}")
+    with _engine(args) as engine:
+        print(pruned_text(engine.prune()))
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    store = _store(args)
     if not args.force:
         if not sys.stdin.isatty():
             print("purge deletes every stored model; confirm with -f/--force.", file=sys.stderr)
             return 1
-        answer = input(f"Delete every model in {store.home}? [y/N] ")
+        answer = input(f"Delete every model in {_store(args).home}? [y/N] ")
         if answer.strip().lower() not in {"y", "yes"}:
             print("Nothing deleted.")
             return 1
-    report = store.purge()
-    print(f"Deleted {report['models']} model(s), reclaimed {format_bytes(report['bytes'])}")
+    with _engine(args) as engine:
+        print(purged_text(engine.purge(force=True)))  # confirmed: busy models' requests end too
     return 0
 
 
 def cmd_df(args: argparse.Namespace) -> int:
-    print(df_record(_store(args).df()).text())
+    with _engine(args) as engine:
+        print(df_record(engine.df()).text())
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from mr_notebook.store.pull import pull
-
-    result = pull(_store(args), args.model, tqdm_class=None if args.quiet else tqdm)
-    name = normalize(args.model)
-    if result.already_present:
-        print(f"Model {name} is up to date ({result.record.short_id})")
-    else:
-        print(f"Model {name} pulled ({result.record.short_id}, {result.record.config.get('size')})")
+    with _engine(args) as engine, ProgressBar(args.model, disable=args.quiet) as bar:
+        summary = engine.pull(args.model, bar)
+    print(summary.message)
     return 0
-
-
-def _engine(args: argparse.Namespace) -> Engine:
-    """A running server when there is one (MR_NOTEBOOK_URL, `mr-notebook serve`), else this process."""
-    from mr_notebook.client import connect
-
-    return connect(args.home)
 
 
 def _serve_api_key(args: argparse.Namespace) -> str | None:
@@ -191,8 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         model = normalize(args.model)
         engine.load(model)
         if args.prompt:
@@ -202,8 +198,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             _answer(engine, model, [{"role": "user", "content": sys.stdin.read()}])
             return 0
         return _interactive(engine, model)
-    finally:
-        engine.close()
 
 
 def _answer(engine: Engine, model: str, messages: list[dict[str, Any]]) -> str:
@@ -249,11 +243,8 @@ def _interactive(engine: Engine, model: str) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         print(ps_table(engine.ps()).text())
-    finally:
-        engine.close()
     return 0
 
 
@@ -261,21 +252,15 @@ def cmd_unload(args: argparse.Namespace) -> int:
     if not args.all and not args.models:
         print("Name the models to unload, or use --all.", file=sys.stderr)
         return 2
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         count = engine.unload(None if args.all else [normalize(m) for m in args.models])
-    finally:
-        engine.close()
     print(f"Unloaded {count} model(s)")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         status = engine.status()
-    finally:
-        engine.close()
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -290,32 +275,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
-    from mr_notebook.settings import parse_duration
-
-    keep_alive = None if args.keep_alive is None else parse_duration(args.keep_alive)
-    engine = _engine(args)
-    try:
-        model = engine.configure(
+    with _engine(args) as engine:
+        done = engine.configure(
             args.model,
             context_size=args.context_size,
-            keep_alive=keep_alive,
+            keep_alive=args.keep_alive,  # "5m" as typed: the service parses every duration
             threads=args.threads,
             parallel=args.parallel,
         )
-    finally:
-        engine.close()
-    print(f"Configured {normalize(args.model)}: {json.dumps(model.get('settings', {}))} (applies at the next load)")
+    print(configured_text(done))
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from mr_notebook.workflows.lock import sync
 
-    engine = _engine(args)
-    try:
+    with _engine(args) as engine:
         models = sync(args.path, engine, print)
-    finally:
-        engine.close()
     print(f"{len(models)} model(s) match {args.path}.")
     return 0
 

@@ -197,6 +197,43 @@ def found_table(found: Sequence[dict[str, Any]], empty: str) -> Table:
     return Table(found, IMPORT_COLUMNS, rows, empty)
 
 
+# ---------------------------------------------------------------------- what a verb says (every interface alike)
+def added_text(model: Mapping[str, Any]) -> str:
+    """``package``'s answer (the stored model) in one sentence."""
+    config = model.get("config") or {}
+    names = ", ".join(model.get("tags") or []) or short_id(str(model.get("id", "")))
+    return (
+        f"Model {names} added ({short_id(str(model.get('id', '')))}, {config.get('parameters', '?')} parameters, "
+        f"{config.get('quantization', '?')}, {config.get('size', '?')})."
+    )
+
+
+def removal_lines(removal: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``rm``'s answer (Docker's ``[{"Untagged": name}, {"Deleted": id}]``) as Docker prints it."""
+    return [f"{key}: {value}" for item in removal for key, value in item.items()]
+
+
+def configured_text(done: Mapping[str, Any]) -> str:
+    """``configure``'s answer (``{"model", "settings", "reloaded", "pending"}``) in one sentence."""
+    settings = ", ".join(f"{k}={v}" for k, v in sorted((done.get("settings") or {}).items())) or "defaults"
+    if done.get("reloaded"):
+        applies = "its idle worker was reloaded with them"
+    elif done.get("pending"):
+        applies = "its busy worker reloads with them once its requests finish"
+    else:
+        applies = "they apply at its next load"
+    return f"Model {done.get('model')} configured ({settings}); {applies}."
+
+
+def pruned_text(done: Mapping[str, Any]) -> str:
+    return f"Removed {done.get('files', 0)} unused file(s), reclaimed {size_text(done.get('bytes', 0))}."
+
+
+def purged_text(done: Mapping[str, Any]) -> str:
+    unloaded = f" (unloaded {done['unloaded']} first)" if done.get("unloaded") else ""
+    return f"Deleted {done.get('models', 0)} model(s), reclaimed {size_text(done.get('bytes', 0))}{unloaded}."
+
+
 # ---------------------------------------------------------------------- cells
 def size_text(value: Any) -> str:
     """Bytes as ``"1.50 GiB"``; anything else as its text."""

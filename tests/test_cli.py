@@ -29,7 +29,7 @@ def mr(*args: str, home: Path, stdin: str | None = None) -> subprocess.Completed
 def test_package_list_inspect_tag_rm(store_home: Path, tiny_model: Path) -> None:
     done = mr("package", "--gguf", str(tiny_model), "ai/tiny:v1", home=store_home)
     assert done.returncode == 0, done.stderr
-    assert "Model ai/tiny:v1 packaged" in done.stdout
+    assert done.stdout.startswith("Model ai/tiny:v1 added (")
 
     table = mr("list", home=store_home).stdout.splitlines()
     assert table[0].split("   ")[0] == "MODEL NAME"
@@ -96,7 +96,7 @@ def test_pull_from_a_local_registry(store_home: Path, tiny_model: Path, local_re
     name = f"{local_registry.host}/ai/tiny:1B-Q8_0"
     done = mr("pull", name, home=store_home)
     assert done.returncode == 0, done.stderr
-    assert f"Model {name} pulled" in done.stdout
+    assert f"Pulled {name} (" in done.stdout
     assert "B/s" in done.stderr  # the progress bar (bytes, speed) goes to stderr
     row = mr("list", home=store_home).stdout.splitlines()[1]
     assert row.startswith(name) and "Q8_0" in row and "llama" in row

@@ -173,12 +173,12 @@ def test_store_verbs(engine: Engine, tiny_model_factory: TinyModelFactory) -> No
     model = engine.inspect("ai/tiny")
     assert model["config"]["architecture"] == "llama" and model["id"].startswith("sha256:")
     assert engine.tag("ai/tiny", "ai/alias:v1")["tags"] == ["ai/alias:v1", "ai/tiny:latest"]
-    assert engine.rm(["ai/alias:v1"]) == ["Untagged: ai/alias:v1"]
+    assert engine.rm(["ai/alias:v1"]) == [{"Untagged": "ai/alias:v1"}]
     added = engine.package(str(tiny_model_factory(reply="Packaged.", seed=9)), "ai/packaged:v2")
     assert added["tags"] == ["ai/packaged:v2"]
     assert engine.configure("ai/packaged:v2", context_size=256)["settings"] == {"context_size": 256}
-    lines = engine.rm(["ai/packaged:v2"])
-    assert lines[0] == "Untagged: ai/packaged:v2" and lines[1].startswith("Deleted: sha256:")
+    removal = engine.rm(["ai/packaged:v2"])
+    assert removal == [{"Untagged": "ai/packaged:v2"}, {"Deleted": added["id"]}]
     usage = engine.df()
     assert usage["models"] == 3 and usage["total"] >= usage["blobs"] > 0
     with pytest.raises(ModelNotFound, match="pull"):

@@ -157,7 +157,7 @@ def test_tables_are_data_and_show_once(ip: InteractiveShell, tiny_model_factory:
     result, out = run(ip, "usage = %model df")
     assert ip.user_ns["usage"]["models"] == 3 and "Model files" in repr(ip.user_ns["usage"])
     result, out = run(ip, "%model prune")
-    assert result.success and out.stdout.startswith("Removed 0 file(s)")
+    assert result.success and out.stdout.startswith("Removed 0 unused file(s)")
     result, out = run(ip, "%model purge")
     assert "This would delete all 3 stored model(s)" in out.stdout and "%model purge -f" in out.stdout
 

@@ -14,8 +14,9 @@
 Importing this package is cheap: httpx and the engine are imported by the engine object that needs them.
 """
 
-from mr_notebook.client.base import ChatStream, Engine, ProgressCallback, PullSummary, error_for_code
+from mr_notebook.client.base import ChatStream, Engine, ProgressCallback, PullSummary
 from mr_notebook.client.discovery import connect, find_server
+from mr_notebook.errors import error_for_code
 from mr_notebook.settings import runtime_file
 
 __all__ = [

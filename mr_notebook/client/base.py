@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from mr_notebook.errors import Cancelled, MrNotebookError
+from mr_notebook.errors import Cancelled
 
 if TYPE_CHECKING:
     from mr_notebook.store.pull import PullProgress
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 Rows = list[dict[str, Any]]
 #: OpenAI chat messages.
 Messages = list[dict[str, Any]]
-#: Result lines of ``rm`` / input texts of ``embed``.
+#: Input texts of ``embed``.
 Lines = list[str]
 #: Embedding vectors.
 Vectors = list[list[float]]
@@ -41,10 +41,26 @@ class PullSummary:
 
     #: The stored model in Docker Model Runner's shape (``inspect``).
     model: dict[str, Any]
-    #: One line for the user ("Model ai/x:latest pulled", "… is up to date").
-    message: str
     #: True when nothing had to be downloaded.
     already_present: bool = False
+    #: Bytes downloaded this time.
+    downloaded: int = 0
+
+    @property
+    def name(self) -> str:
+        tags = self.model.get("tags") or []
+        return str(tags[0]) if tags else str(self.model.get("id", ""))
+
+    @property
+    def message(self) -> str:
+        """The one line every interface says when a pull ends."""
+        from mr_notebook.digests import short_id
+        from mr_notebook.store import format_bytes
+
+        model_id = short_id(str(self.model.get("id", "")))
+        if self.already_present:
+            return f"Model {self.name} is up to date ({model_id})."
+        return f"Pulled {self.name} ({model_id}, {format_bytes(self.downloaded)} downloaded)."
 
 
 class ChatStream(Iterator[str]):
@@ -220,20 +236,23 @@ class Engine(Protocol):
     ) -> PullSummary:
         """Pull from a registry; ``progress`` gets PullProgress events (from another thread)."""
 
-    def package(self, path: str, name: str) -> dict[str, Any]:
-        """Add a local GGUF file under ``name``; returns the stored model."""
+    def package(self, path: str, name: str, *, link: bool = True) -> dict[str, Any]:
+        """Add a GGUF file of this machine under ``name`` (hard-linked when the store is on its filesystem and
+        ``link``, else copied or sent); returns the stored model."""
 
     def tag(self, source: str, target: str) -> dict[str, Any]:
         """Give a stored model another name; returns it."""
 
-    def rm(self, refs: Sequence[str], *, force: bool = False) -> Lines:
-        """Remove names (lines like "Untagged: ai/x:latest", "Deleted: sha256:…")."""
+    def rm(self, refs: Sequence[str], *, force: bool = False) -> Rows:
+        """Remove names; Docker's answer ``[{"Untagged": name}, …, {"Deleted": id}]``. A loaded model is unloaded
+        first when idle; a busy one is refused (ModelInUse) unless ``force``."""
 
     def prune(self) -> dict[str, int]:
         """Delete partial downloads and unused blobs: ``{"files", "bytes"}``."""
 
-    def purge(self) -> dict[str, int]:
-        """Delete every stored model: ``{"models", "bytes"}``."""
+    def purge(self, *, force: bool = False) -> dict[str, int]:
+        """Unload every model and delete every stored one: ``{"models", "bytes", "unloaded"}`` (ModelInUse when a
+        loaded model is busy, unless ``force``)."""
 
     def df(self) -> dict[str, int]:
         """Disk use: ``{"blobs", "partials", "total", "models"}`` (bytes, bytes, bytes, count)."""
@@ -242,8 +261,10 @@ class Engine(Protocol):
         """Loaded models: ``{"model", "id", "pid", "memory", "context_size", "keep_alive", "expires_at",
         "loaded_at", "last_used", "in_flight", "queued"}`` (ModelStatus.to_json)."""
 
-    def load(self, ref: str, *, keep_alive: float | None = None) -> dict[str, Any]:
-        """Load a stored model now (``%model run``); returns its ps entry."""
+    def load(
+        self, ref: str, *, keep_alive: float | str | None = None, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        """Load a model now (``%model run``); ``progress`` gets load events; returns its ps row."""
 
     def unload(self, refs: Sequence[str] | None = None) -> int:
         """Unload the named models, or all with None; returns how many were unloaded."""
@@ -253,11 +274,12 @@ class Engine(Protocol):
         ref: str,
         *,
         context_size: int | None = None,
-        keep_alive: float | None = None,
+        keep_alive: float | str | None = None,
         threads: int | None = None,
         parallel: int | None = None,
     ) -> dict[str, Any]:
-        """Persist per-model settings (apply at the next load); returns the stored model."""
+        """Persist per-model settings; idle workers reload now, busy ones when idle. Returns
+        ``{"model", "settings", "reloaded", "pending"}``."""
 
     def status(self) -> dict[str, Any]:
         """Where the engine is: ``{"mode", "source", "url", "running", "store", "loaded", ...}``."""
@@ -278,32 +300,3 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release what this object holds (HTTP connections; an in-process engine's workers)."""
-
-
-def error_for_code(code: str | None, message: str, status: int = 500, param: str | None = None) -> MrNotebookError:
-    """Rebuild the core error an HTTP answer describes (OpenAI error shape → our class)."""
-    by_code: dict[str, type[MrNotebookError]] = {}
-    pending: list[type[MrNotebookError]] = [MrNotebookError]
-    while pending:
-        known = pending.pop()
-        by_code.setdefault(known.code, known)
-        pending.extend(known.__subclasses__())
-    found = by_code.get(code or "")
-    cls: type[MrNotebookError]
-    if found is not None:
-        cls = found
-    else:
-        from mr_notebook.errors import EngineUnavailable, InvalidRequest, ModelNotFound
-
-        if status == 404:
-            cls = ModelNotFound
-        elif status in (401, 403):
-            cls = EngineUnavailable
-        elif 400 <= status < 500:
-            cls = InvalidRequest
-        else:
-            cls = MrNotebookError
-    error = cls(message)
-    if param is not None:
-        error.param = param
-    return error

@@ -1,7 +1,9 @@
-"""An engine in this process: the store on disk and a Runner whose workers are child processes.
+"""An engine in this process: a :class:`~mr_notebook.service.ModelService` (store + Runner + the product's rules)
+on its own loop thread, whose workers are child processes of this process.
 
-Store verbs (list, inspect, tag, rm …) never start the Runner, so ``%model list`` stays fast and imports
-no engine code; the Runner starts with the first verb that needs a model (run, chat, ps with models).
+Every verb is one service call whose typed result is turned into the wire shape (``to_json()``, what the HTTP
+routes send), so the in-process engine and a remote one answer alike. The Runner starts with the first verb that
+needs a model; ``%load_ext`` and ``%model`` parsing import none of this.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mr_notebook.client.base import (
     ChatStream,
@@ -25,18 +27,20 @@ from mr_notebook.client.base import (
     Streams,
     Vectors,
 )
-from mr_notebook.errors import ModelInUse, MrNotebookError
 from mr_notebook.settings import EngineSettings
-from mr_notebook.store import Store, format_bytes
+from mr_notebook.store import Store
 
 if TYPE_CHECKING:
-    from mr_notebook.engine import SyncRunner
+    from mr_notebook.engine import Runner
+    from mr_notebook.service import ModelService, SyncService
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class LocalEngine:
-    """Store + :class:`~mr_notebook.engine.SyncRunner` in this process (no server, or ``%model serve``)."""
+    """A ModelService in this process (no server, or ``%model serve``)."""
 
     mode = "local"
 
@@ -52,7 +56,7 @@ class LocalEngine:
         self.source = source
         self._settings = settings
         self._env = env
-        self._sync: SyncRunner | None = None
+        self._sync: SyncService | None = None
         self._server: Any = None
         self._lock = threading.Lock()
         #: (model id, configured template) → (template thinks, generation prompt opens <think>).
@@ -61,35 +65,44 @@ class LocalEngine:
     def __repr__(self) -> str:
         return f"<LocalEngine store={str(self.store.home)!r} url={self.url!r}>"
 
-    # ------------------------------------------------------------------ runner, server
+    # ------------------------------------------------------------------ service, server
     @property
-    def runner(self) -> SyncRunner:
-        """The Runner, started on first use (imports the engine package then, never llama_cpp)."""
+    def service(self) -> SyncService:
+        """The service on its loop thread, created on first use (imports the service, never llama_cpp)."""
         with self._lock:
             if self._sync is None:
-                from mr_notebook.engine import SyncRunner
+                from mr_notebook.service import SyncService
 
-                settings = self._settings or EngineSettings.from_env(self._env)
-                self._sync = SyncRunner(self.store, settings)
+                self._sync = SyncService(self.store, settings=self._settings, env=self._env, mode="local")
             return self._sync
+
+    def _call(self, work: Callable[[ModelService], Coroutine[Any, Any, T]]) -> T:
+        """``work(service)`` run on the service's loop; blocks until it answers (Ctrl-C cancels it there)."""
+        sync = self.service
+        return sync.call(work(sync.service))
+
+    def _runner(self) -> Runner:
+        return self._call(lambda service: service.ready_runner())
 
     @property
     def started(self) -> bool:
-        """Whether the Runner exists (some model was asked for)."""
-        return self._sync is not None
+        """Whether some model was asked for (the Runner exists)."""
+        return self._sync is not None and self._sync.service.runner is not None
 
     @property
     def url(self) -> str | None:
         return str(self._server.url) if self._server is not None else None
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Expose this engine over HTTP from a background thread (``%model serve``); returns its URL."""
-        runner = self.runner
+        """Expose this engine over HTTP from its loop thread (``%model serve``); returns its URL."""
+        sync = self.service
+        runner = self._runner()
         with self._lock:
             if self._server is None:
                 from mr_notebook.api.standalone import start_in_thread
 
-                self._server = start_in_thread(runner, self.store, host, port)
+                # start_in_thread takes a SyncRunner today; _Served has what it uses (runner, loop, call).
+                self._server = start_in_thread(_Served(sync, runner), self.store, host, port)  # type: ignore[arg-type]
                 log.info("in-kernel engine serving at %s", self._server.url)
             return str(self._server.url)
 
@@ -108,112 +121,89 @@ class LocalEngine:
 
     # ------------------------------------------------------------------ store verbs
     def list(self) -> Rows:
-        return [record.to_json() for record in self.store.list()]
+        return [entry.to_json() for entry in self._call(lambda s: s.list())]
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        return self.store.get(ref).to_json()
+        return self._call(lambda s: s.inspect(ref)).to_json()
 
     def pull(
         self, ref: str, progress: ProgressCallback | None = None, *, cancel: threading.Event | None = None
     ) -> PullSummary:
-        from mr_notebook.store.pull import pull
+        result = self._call(lambda s: s.pull(ref, progress=progress, cancel=cancel))
+        return PullSummary(result.record.to_json(), result.already_present, result.downloaded)
 
-        result = pull(self.store, ref, progress=progress, cancel=cancel, env=self._env)
-        name = result.record.name
-        if result.already_present:
-            message = f"Model {name} is up to date."
-        else:
-            message = f"Pulled {name} ({format_bytes(result.downloaded)} downloaded)."
-        return PullSummary(result.record.to_json(), message, result.already_present)
-
-    def package(self, path: str, name: str) -> dict[str, Any]:
-        return self.store.import_gguf(path, name).to_json()
+    def package(self, path: str, name: str, *, link: bool = True) -> dict[str, Any]:
+        return self._call(lambda s: s.package(path, name, link=link)).to_json()
 
     def tag(self, source: str, target: str) -> dict[str, Any]:
-        return self.store.tag(source, target).to_json()
+        return self._call(lambda s: s.tag(source, target)).to_json()
 
-    def rm(self, refs: Sequence[str], *, force: bool = False) -> Lines:
-        if self._sync is not None:
-            loaded = {entry.model for entry in self._sync.ps()}
-            busy = [ref for ref in refs if self._loaded_name(ref, loaded)]
-            if busy and not force:
-                raise ModelInUse(
-                    f"{', '.join(busy)} is loaded; unload it first (`%model unload {busy[0]}`) or remove with -f."
-                )
-            if busy:
-                self._sync.unload([self._loaded_name(ref, loaded) or ref for ref in busy])
-        removal = self.store.remove(refs, force=force)
-        return [f"Untagged: {name}" for name in removal.untagged] + [f"Deleted: {mid}" for mid in removal.deleted]
-
-    def _loaded_name(self, ref: str, loaded: set[str]) -> str | None:
-        if ref in loaded:
-            return ref
-        try:
-            record = self.store.get(ref)
-        except (MrNotebookError, ValueError):  # a name the store refuses is not loaded either
-            return None
-        return next((name for name in loaded if name in record.tags), None)
+    def rm(self, refs: Sequence[str], *, force: bool = False) -> Rows:
+        return self._call(lambda s: s.rm(list(refs), force=force)).to_json()
 
     def prune(self) -> dict[str, int]:
-        return self.store.prune()
+        return self._call(lambda s: s.prune()).to_json()
 
-    def purge(self) -> dict[str, int]:
-        if self._sync is not None:
-            self._sync.unload(None)
-        return self.store.purge()
+    def purge(self, *, force: bool = False) -> dict[str, int]:
+        return self._call(lambda s: s.purge(force=force)).to_json()
 
     def df(self) -> dict[str, int]:
-        return self.store.df()
+        return self._call(lambda s: s.df()).to_json()
 
     def configure(
         self,
         ref: str,
         *,
         context_size: int | None = None,
-        keep_alive: float | None = None,
+        keep_alive: float | str | None = None,
         threads: int | None = None,
         parallel: int | None = None,
     ) -> dict[str, Any]:
-        given = {"context_size": context_size, "keep_alive": keep_alive, "threads": threads, "parallel": parallel}
-        settings = {k: v for k, v in given.items() if v is not None}
-        return self.store.configure(ref, **settings).to_json()
+        return self._call(
+            lambda s: s.configure(
+                ref, context_size=context_size, keep_alive=keep_alive, threads=threads, parallel=parallel
+            )
+        ).to_json()
 
     # ------------------------------------------------------------------ engine verbs
     def ps(self) -> Rows:
-        if self._sync is None:
+        if self._sync is None:  # nothing was ever loaded here: no need to start the service to say so
             return []
-        return [entry.to_json() for entry in self._sync.ps()]
+        return [row.to_json() for row in self._call(lambda s: s.ps())]
 
-    def load(self, ref: str, *, keep_alive: float | None = None) -> dict[str, Any]:
-        self.store.get(ref)  # a clear ModelNotFound before any worker starts
-        return dict(self.runner.load(ref, keep_alive=keep_alive).to_json())
+    def load(
+        self, ref: str, *, keep_alive: float | str | None = None, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        return self._call(lambda s: s.load(ref, keep_alive=keep_alive, progress=progress)).to_json()
 
     def unload(self, refs: Sequence[str] | None = None) -> int:
         if self._sync is None:
             return 0
-        return int(self._sync.unload(list(refs) if refs is not None else None))
+        return self._call(lambda s: s.unload(None if refs is None else list(refs)))
 
     def status(self) -> dict[str, Any]:
+        status = self._call(lambda s: s.status()).to_json()
         return {
+            **status,
+            "serving": status.get("mode"),
             "mode": self.mode,
             "source": self.source,
             "url": self.url,
             "running": True,
-            "store": str(self.store.home),
             "pid": os.getpid(),
-            "loaded": len(self.ps()),
+            "loaded": status.get("loaded_models", 0),
         }
 
     def chat_stream(self, model: str, messages: Messages, **params: Any) -> ChatStream:
         from mr_notebook.engine import GenerationParams
 
         generation = GenerationParams.from_request(params)
-        sync = self.runner
+        runner = self._runner()
         stream = ChatStream(model)
         split = self._reasoning(model, params, stream._emit)
 
         async def produce() -> None:
-            agen = sync.runner.chat(model, messages, generation)
+            agen = runner.chat(model, messages, generation)
             try:
                 async for chunk in agen:
                     if chunk.text or chunk.logprobs:
@@ -233,7 +223,7 @@ class LocalEngine:
                 # Closing the generator is what tells the worker to stop generating.
                 await agen.aclose()  # type: ignore[attr-defined]
 
-        future = asyncio.run_coroutine_threadsafe(produce(), sync.loop)
+        future = asyncio.run_coroutine_threadsafe(produce(), self.service.loop)
 
         def cancel() -> None:
             future.cancel()  # cancels the task on the engine's loop: the generator closes, the worker stops
@@ -245,12 +235,12 @@ class LocalEngine:
         from mr_notebook.engine import GenerationParams
 
         generation = GenerationParams.from_request({**params, "n": n})
-        sync = self.runner
+        runner = self._runner()
         choices = Choices(model, n)
         splits = [self._reasoning(model, params, functools.partial(choices.emit, i)) for i in range(n)]
 
         async def produce() -> None:
-            agen = sync.runner.chat(model, messages, generation)
+            agen = runner.chat(model, messages, generation)
             usage = None
             try:
                 async for chunk in agen:
@@ -269,7 +259,7 @@ class LocalEngine:
             finally:
                 await agen.aclose()  # type: ignore[attr-defined]
 
-        future = asyncio.run_coroutine_threadsafe(produce(), sync.loop)
+        future = asyncio.run_coroutine_threadsafe(produce(), self.service.loop)
 
         def cancel() -> None:
             future.cancel()
@@ -284,7 +274,7 @@ class LocalEngine:
 
         if params.get("reasoning_format") == "none":
             return _Reasoning(sink, None)
-        if self.runner.runner.remote.resolve(model) is not None:
+        if self._runner().remote.resolve(model) is not None:
             # A remote engine's reasoning comes back as <think> text (engine/remote/proxy.py).
             return _Reasoning(sink, tools.Splitter(family=None))
         from mr_notebook.api.turns import template_of
@@ -299,7 +289,8 @@ class LocalEngine:
         return _Reasoning(sink, tools.Splitter(family=None, think_open=opens) if thinks else None)
 
     def embed(self, model: str, inputs: Lines) -> Vectors:
-        result = self.runner.embed(model, inputs)
+        runner = self._runner()
+        result = self.service.call(runner.embed(model, inputs))
         return [list(vector) for vector in result.vectors]
 
 
@@ -335,3 +326,12 @@ class _Reasoning:
             self.sink(piece, logprobs, "")
         else:
             self.sink("", logprobs, piece)
+
+
+class _Served:
+    """What ``start_in_thread`` serves: the service's started Runner, on the service's loop."""
+
+    def __init__(self, sync: SyncService, runner: Runner) -> None:
+        self.runner = runner
+        self.loop = sync.loop
+        self.call = sync.call

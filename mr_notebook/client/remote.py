@@ -7,14 +7,16 @@ models with curl, the OpenAI SDK and other kernels, and never loads a model itse
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -28,10 +30,9 @@ from mr_notebook.client.base import (
     Rows,
     Streams,
     Vectors,
-    error_for_code,
 )
-from mr_notebook.errors import Cancelled, EngineUnavailable, MrNotebookError, PullError
-from mr_notebook.store import Store
+from mr_notebook.errors import Cancelled, EngineUnavailable, LocalFileNotFound, MrNotebookError, error_for_code
+from mr_notebook.hosts import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -142,132 +143,149 @@ class RemoteEngine:
     def pull(
         self, ref: str, progress: ProgressCallback | None = None, *, cancel: threading.Event | None = None
     ) -> PullSummary:
-        from mr_notebook.store.pull import PullProgress
+        done = self._ndjson("POST", "models/create", f"pull of {ref}", progress, cancel, json={"from": ref})
+        model = done.get("model")
+        return PullSummary(
+            dict(model) if isinstance(model, dict) else self.inspect(ref),
+            bool(done.get("already_present")),
+            int(done.get("downloaded") or 0),
+        )
 
-        layers: dict[str, int] = {}
-        message = ""
-        result: dict[str, Any] = {}
-        with self._stream("POST", "models/create", json={"from": ref}) as response:
-            for line in response.iter_lines():
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"Pull of {ref} cancelled; pull again to resume.")
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind = event.get("type")
-                message = str(event.get("message", ""))
-                if kind == "error":
-                    error = event.get("error") or {}
-                    raise error_for_code(error.get("code"), message or f"Pull of {ref} failed.", 502)
-                if kind == "success":
-                    result = event
-                    break
-                layer = event.get("layer") or {}
-                digest = layer.get("id")
-                if digest:
-                    layers[str(digest)] = int(layer.get("current") or 0)
-                if progress is not None:
-                    progress(
-                        PullProgress(
-                            status=str(event.get("status") or ("downloading" if digest else "resolving")),
-                            message=message,
-                            digest=digest,
-                            completed=int(layer.get("current") or 0),
-                            total=int(layer.get("size") or 0),
-                            overall_completed=int(event.get("pulled") or sum(layers.values())),
-                            overall_total=int(event.get("total") or 0),
-                        )
-                    )
-            else:
-                raise PullError(
-                    f"The engine at {self._url} ended the pull of {ref} without a result; pull again to resume."
-                )
-        model = result.get("model") or self.inspect(ref)
-        return PullSummary(dict(model), message or f"Pulled {ref}.", bool(result.get("already_present")))
-
-    def _local_store(self) -> Store:
-        """The server's store on the shared disk (for verbs that move local files, not HTTP bytes)."""
-        if self._store_home is None:
-            status = self._request("GET", "engines/status")
-            home = status.get("store") if isinstance(status, dict) else None
-            self._store_home = str(home) if home else None
-        return Store(self._store_home)
-
-    def package(self, path: str, name: str) -> dict[str, Any]:
-        # The file is on this machine's disk and so is the server's store: import it there directly.
-        return self._local_store().import_gguf(path, name).to_json()
+    def package(self, path: str, name: str, *, link: bool = True) -> dict[str, Any]:
+        """Add a GGUF file of this machine: a server on this machine hard-links it from its path (no bytes sent);
+        any other server receives the bytes (``POST /models/load``), hashed on the way. The client never opens
+        the server's store."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise LocalFileNotFound(f"No file at {path}: give the path of a .gguf file on this machine.")
+        if link and is_loopback(urlsplit(self._url).hostname or ""):
+            try:
+                answer = self._request("POST", "models/load", json={"name": name, "path": str(file.resolve())})
+                return dict(answer["model"])
+            except LocalFileNotFound:
+                log.info("the server at %s cannot read %s (another filesystem): sending the bytes", self._url, file)
+        with file.open("rb") as stream:
+            answer = self._request(
+                "POST",
+                "models/load",
+                params={"name": name},
+                content=iter(functools.partial(stream.read, 1 << 20), b""),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(file.stat().st_size)},
+            )
+        return dict(answer["model"])
 
     def tag(self, source: str, target: str) -> dict[str, Any]:
         answer = self._request("POST", self._model_path(source) + "/tag", json={"target": target})
-        model = answer.get("model") if isinstance(answer, dict) else None
-        return dict(model) if isinstance(model, dict) else self.inspect(target)
+        return dict(answer["model"])
 
-    def rm(self, refs: Sequence[str], *, force: bool = False) -> Lines:
-        done: Lines = []
-        for ref in refs:
-            answer = self._request("DELETE", self._model_path(ref), params={"force": "true"} if force else None)
-            if isinstance(answer, list):
-                done.extend(_line(item) for item in answer)
-            elif isinstance(answer, dict) and isinstance(answer.get("deleted"), list):
-                done.extend(str(item) for item in answer["deleted"])
-            else:
-                done.append(f"Untagged: {ref}")
+    def rm(self, refs: Sequence[str], *, force: bool = False) -> Rows:
+        done: Rows = []
+        for ref in refs:  # Docker's DELETE names one model
+            done += self._request("DELETE", self._model_path(ref), params={"force": "true"} if force else None)
         return done
 
     def prune(self) -> dict[str, int]:
-        return self._local_store().prune()
+        return dict(self._request("POST", "models/prune"))
 
-    def purge(self) -> dict[str, int]:
-        answer = self._request("DELETE", "models/purge")
-        return {k: int(v) for k, v in answer.items()} if isinstance(answer, dict) else {}
+    def purge(self, *, force: bool = False) -> dict[str, int]:
+        return dict(self._request("DELETE", "models/purge", params={"force": "true"} if force else None))
 
     def df(self) -> dict[str, int]:
-        answer = self._request("GET", "engines/df")
-        return {k: int(v) for k, v in answer.items() if isinstance(v, int | float)}
+        return dict(self._request("GET", "engines/df"))
 
     def configure(
         self,
         ref: str,
         *,
         context_size: int | None = None,
-        keep_alive: float | None = None,
+        keep_alive: float | str | None = None,
         threads: int | None = None,
         parallel: int | None = None,
     ) -> dict[str, Any]:
         given = {"context_size": context_size, "keep_alive": keep_alive, "threads": threads, "parallel": parallel}
         body: dict[str, Any] = {"model": ref, **{k: v for k, v in given.items() if v is not None}}
-        self._request("POST", "engines/_configure", json=body)
-        return self.inspect(ref)
+        answer = dict(self._request("POST", "engines/_configure", json=body))
+        answer.pop("status", None)  # the route's word for what happened; the lists say it
+        return answer
 
     # ------------------------------------------------------------------ engine verbs
     def ps(self) -> Rows:
         return list(self._request("GET", "engines/ps"))
 
-    def load(self, ref: str, *, keep_alive: float | None = None) -> dict[str, Any]:
-        # The API has no blocking "load" route (``_configure`` preloads in the background and only logs a
-        # failure), so a one-token chat loads the model and reports every load error with its real status.
-        body: dict[str, Any] = {"model": ref, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
-        if keep_alive is not None:
-            body["keep_alive"] = keep_alive
-        self._request("POST", "v1/chat/completions", json=body)
-        entries = self.ps()
-        wanted = self.inspect(ref).get("id")
-        entry = next((e for e in entries if e.get("model") == ref), None) or next(
-            (e for e in entries if e.get("id") == wanted), None
-        )
-        return dict(entry) if entry is not None else {"model": ref}
+    def load(
+        self, ref: str, *, keep_alive: float | str | None = None, progress: ProgressCallback | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": ref, **({"keep_alive": keep_alive} if keep_alive is not None else {})}
+        if progress is None:
+            return dict(self._request("POST", "engines/load", json=body))
+        done = self._ndjson("POST", "engines/load", f"load of {ref}", progress, None, json={**body, "stream": True})
+        return dict(done["model"])
 
     def unload(self, refs: Sequence[str] | None = None) -> int:
         body: dict[str, Any] = {"all": True} if refs is None else {"models": list(refs)}
         answer = self._request("POST", "engines/unload", json=body)
-        return int(answer.get("unloaded_runners", 0)) if isinstance(answer, dict) else 0
+        return int(answer.get("unloaded_runners", 0))
 
     def status(self) -> dict[str, Any]:
-        answer = self._request("GET", "engines/status")
-        status: dict[str, Any] = dict(answer) if isinstance(answer, dict) else {"status": answer}
-        status.update({"mode": self.mode, "source": self.source, "url": self._url})
-        status.setdefault("running", True)
+        status = dict(self._request("GET", "engines/status"))
+        loaded = status.get("loaded_models", 0)
+        serving = status.get("mode")
+        status.update({"serving": serving, "mode": self.mode, "source": self.source, "url": self._url})
+        status.update({"running": True, "loaded": loaded})
         return status
+
+    def _ndjson(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Read an NDJSON answer of progress lines to its ``success`` line (returned); an ``error`` line raises."""
+        from mr_notebook.store.pull import PullProgress
+
+        with self._stream(method, path, **kwargs) as response:
+            for line in response.iter_lines():
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"The {what} was cancelled; ask again to resume.")
+                if not line.strip():
+                    continue
+                event = self._json_line(line, what)
+                kind = event.get("type")
+                if kind == "error":
+                    error: dict[str, Any] = event["error"] if isinstance(event.get("error"), dict) else {}
+                    message = str(error.get("message") or event.get("message") or f"The {what} failed.")
+                    raise error_for_code(error.get("code"), message, 502, error.get("param"))
+                if kind == "success":
+                    return event
+                layer: dict[str, Any] = event["layer"] if isinstance(event.get("layer"), dict) else {}
+                if progress is not None:
+                    progress(
+                        PullProgress(
+                            status=str(event.get("status") or ""),
+                            message=str(event.get("message") or ""),
+                            digest=layer.get("id"),
+                            completed=int(layer.get("current") or 0),
+                            total=int(layer.get("size") or 0),
+                            overall_completed=int(event.get("pulled") or 0),
+                            overall_total=int(event.get("total") or 0),
+                        )
+                    )
+        raise EngineUnavailable(f"The engine at {self._url} ended the {what} without a result; ask again.")
+
+    def _json_line(self, line: str, what: str) -> dict[str, Any]:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise EngineUnavailable(
+                f"The engine at {self._url} answered the {what} with a line that is not JSON ({line[:80]!r}); "
+                "is MR_NOTEBOOK_URL the root of an mr-notebook endpoint?"
+            )
+        return data
 
     def chat_stream(self, model: str, messages: Messages, **params: Any) -> ChatStream:
         stream = ChatStream(model)
@@ -337,8 +355,8 @@ class RemoteEngine:
                     finally:
                         # The connection may go back to the pool now: a later close() must not touch it.
                         held.pop("socket", None)
-            except BaseException as exc:  # handed to the consumer thread, which raises it
-                fail(exc if isinstance(exc, MrNotebookError) else self._unreachable(exc))
+            except Exception as exc:  # handed to the consumer thread, which raises it as it is
+                fail(exc)  # transport errors are already EngineUnavailable (_stream); others are bugs to see
 
         threading.Thread(target=produce, name=f"mr-notebook-chat-{model}", daemon=True).start()
         return cancel
@@ -355,7 +373,7 @@ class RemoteEngine:
             data = line[5:].strip()
             if data == "[DONE]":
                 break
-            chunk = json.loads(data)
+            chunk = self._json_line(data, "chat stream")
             if "error" in chunk:
                 error = chunk["error"]
                 raise error_for_code(error.get("code"), str(error.get("message")), 500, error.get("param"))
@@ -385,10 +403,3 @@ class RemoteEngine:
         answer = self._request("POST", "v1/embeddings", json={"model": model, "input": inputs})
         rows = sorted(answer["data"], key=lambda item: item.get("index", 0))
         return [list(row["embedding"]) for row in rows]
-
-
-def _line(item: Any) -> str:
-    """One line of a DELETE answer (Docker answers ``[{"Untagged": …}, {"Deleted": …}]``)."""
-    if isinstance(item, Mapping):
-        return ", ".join(f"{k}: {v}" for k, v in item.items())
-    return str(item)

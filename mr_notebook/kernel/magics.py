@@ -14,7 +14,21 @@ from mr_notebook.kernel.display import MarkdownText, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, model_parser, split
 from mr_notebook.kernel.state import KernelState
 from mr_notebook.progress import ProgressBar
-from mr_notebook.tables import Record, Table, df_record, found_table, inspect_record, model_table, ps_table, size_text
+from mr_notebook.tables import (
+    Record,
+    Table,
+    added_text,
+    configured_text,
+    df_record,
+    found_table,
+    inspect_record,
+    model_table,
+    pruned_text,
+    ps_table,
+    purged_text,
+    removal_lines,
+    size_text,
+)
 
 
 def _say(text: str) -> None:
@@ -73,13 +87,7 @@ class ModelMagics(Magics):
         _say(summary.message)
 
     def _verb_package(self, args: Any) -> None:
-        model = self.state.engine.package(args.gguf, args.name)
-        config = model.get("config") or {}
-        _say(
-            f"Model {', '.join(model.get('tags') or [args.name])} added "
-            f"({config.get('parameters', '?')} parameters, {config.get('quantization', '?')}, "
-            f"{config.get('size', '?')})."
-        )
+        _say(added_text(self.state.engine.package(args.gguf, args.name)))
 
     def _verb_import(self, args: Any) -> Any:
         from mr_notebook.store import Store
@@ -123,12 +131,11 @@ class ModelMagics(Magics):
         _say(f"Model {args.source} tagged as {args.target}.")
 
     def _verb_rm(self, args: Any) -> None:
-        for line in self.state.engine.rm(args.refs, force=args.force):
+        for line in removal_lines(self.state.engine.rm(args.refs, force=args.force)):
             _say(line)
 
     def _verb_prune(self, args: Any) -> None:
-        result = self.state.engine.prune()
-        _say(f"Removed {result.get('files', 0)} file(s), reclaimed {size_text(result.get('bytes', 0))}.")
+        _say(pruned_text(self.state.engine.prune()))
 
     def _verb_purge(self, args: Any) -> None:
         engine = self.state.engine
@@ -139,8 +146,7 @@ class ModelMagics(Magics):
                 f"({size_text(usage.get('total', 0))}). Run `%model purge -f` to do it."
             )
             return
-        result = engine.purge()
-        _say(f"Deleted {result.get('models', 0)} model(s), {size_text(result.get('bytes', 0))}.")
+        _say(purged_text(engine.purge(force=True)))  # -f is the confirmation; it also ends busy models' requests
 
     def _verb_df(self, args: Any) -> Any:
         return df_record(self.state.engine.df())
@@ -150,15 +156,14 @@ class ModelMagics(Magics):
             from IPython.core.error import UsageError
 
             raise UsageError("%model configure: give --context-size N, --keep-alive D, --threads N or --parallel N.")
-        model = self.state.engine.configure(
+        done = self.state.engine.configure(
             args.ref,
             context_size=args.context_size,
             keep_alive=args.keep_alive,
             threads=args.threads,
             parallel=args.parallel,
         )
-        settings = ", ".join(f"{k}={v}" for k, v in sorted((model.get("settings") or {}).items()))
-        _say(f"Model {args.ref} configured ({settings}); applies at its next load.")
+        _say(configured_text(done))
 
     # ------------------------------------------------------------------ engine verbs
     def _verb_run(self, args: Any) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anywidget
 import traitlets
 
-from mr_notebook.errors import Cancelled, MrNotebookError
+from mr_notebook.errors import Cancelled, MrNotebookError, PullRunning
 from mr_notebook.progress import Meter
 from mr_notebook.tables import model_rows
 from mr_notebook.widgets._common import STATIC, current_engine, engine_label, error_text
@@ -30,13 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class PullRunning(MrNotebookError, RuntimeError):
-    """A second pull was asked for while one is running in this widget."""
-
-    http_status = 409
-    code = "pull_running"
 
 
 class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
@@ -103,15 +96,10 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
         """Unload a model (its worker process ends, its memory goes back to the system)."""
         return self._act(name, "Unloading…", lambda: self._engine.unload([name]), f"Unloaded {name}.")
 
-    def remove(self, name: str) -> Future[list[str]]:
-        """Remove a stored name (unloading it first when loaded); the widget asks for confirmation first."""
-
-        def run() -> list[str]:
-            if any(row["name"] == name and row["loaded"] for row in self.rows):
-                self._engine.unload([name])
-            return self._engine.rm([name])
-
-        return self._act(name, "Removing…", run, f"Removed {name}.")
+    def remove(self, name: str) -> Future[list[dict[str, Any]]]:
+        """Remove a stored name (the widget asks for confirmation first). The service's rule applies: an idle
+        loaded model is unloaded first, a busy one is refused until its requests finish."""
+        return self._act(name, "Removing…", lambda: self._engine.rm([name]), f"Removed {name}.")
 
     def pull(self, ref: str) -> Future[PullSummary]:
         """Pull a model from a registry, showing bytes, speed and ETA; ``cancel_pull()`` stops it."""
