@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,15 +54,33 @@ def test_tag_then_remove(server: ServerProcess) -> None:
     assert httpx.post(server.url + f"models/{MODEL}/tag", json={}, timeout=30).json()["error"]["param"] == "target"
 
 
-def test_remove_loaded_model_needs_force(server: ServerProcess) -> None:
+def test_remove_unloads_an_idle_model_and_refuses_a_busy_one_without_force(server: ServerProcess) -> None:
     httpx.post(server.url + f"models/{EMBED}/tag", json={"target": "ai/doomed:latest"}, timeout=30)
     httpx.delete(server.url + f"models/{EMBED}", timeout=30)  # leave one name, then load it
     assert httpx.post(server.url + "v1/embeddings", json={"model": "ai/doomed", "input": "x"}, timeout=60).is_success
-    refused = httpx.delete(server.url + "models/ai/doomed", timeout=30)
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_in_use"
-    forced = httpx.delete(server.url + "models/ai/doomed?force=true", timeout=30)
-    assert forced.status_code == 200 and forced.json()[-1]["Deleted"].startswith("sha256:")
+    removed = httpx.delete(server.url + "models/ai/doomed", timeout=30)  # idle: unloaded, then deleted
+    assert removed.status_code == 200 and removed.json()[-1]["Deleted"].startswith("sha256:")
     assert all(row["model"] != "ai/doomed" for row in server.ps())
+
+
+def test_remove_refuses_a_busy_model_without_force(server: ServerProcess, tiny_model_factory: TinyModelFactory) -> None:
+    store = Store(server.home)  # the server's store on disk: a model added here is served at once
+    store.import_gguf(tiny_model_factory(never_stop=True, reply="la ", context_length=65536, seed=21), "ai/busy")
+    store.configure("ai/busy", context_size=65536)
+    body = chat_body("ai/busy", stream=True, max_tokens=60_000)
+    with httpx.stream("POST", server.url + "v1/chat/completions", json=body, timeout=60) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if "la " in line)  # answering now
+        refused = httpx.delete(server.url + "models/ai/busy", timeout=30)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_in_use"
+        assert "force" in refused.json()["error"]["message"]
+        bad = httpx.delete(server.url + "models/ai/busy?force=maybe", timeout=30)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "force"
+        forced = httpx.delete(server.url + "models/ai/busy?force=true", timeout=30)
+        assert forced.status_code == 200 and forced.json()[0] == {"Untagged": "ai/busy:latest"}
+        rest = list(lines)  # the stream ends, with an error event rather than silence
+    assert any('"error"' in line for line in rest)
+    assert all(row["model"] != "ai/busy" for row in server.ps())
 
 
 def test_ps_unload_and_status(server: ServerProcess) -> None:
@@ -84,18 +103,66 @@ def test_ps_unload_and_status(server: ServerProcess) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "models"
 
 
-def test_configure_persists_and_preloads(server: ServerProcess) -> None:
+def test_load_route_answers_when_loaded_and_streams_progress(server: ServerProcess) -> None:
+    httpx.post(server.url + "engines/unload", json={"all": True}, timeout=30)
+    loaded = httpx.post(server.url + "engines/load", json={"model": MODEL, "keep_alive": "2m"}, timeout=60)
+    assert loaded.status_code == 200 and loaded.json()["model"] == MODEL and loaded.json()["keep_alive"] == 120
+    assert [row["pid"] for row in server.ps() if row["model"] == MODEL] == [loaded.json()["pid"]]
+    body = {"model": NEVER, "stream": True}
+    with httpx.stream("POST", server.url + "engines/load", json=body, timeout=60) as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [line.get("status") for line in lines] == ["loading", "loaded", None]
+    assert lines[-1]["type"] == "success" and lines[-1]["model"]["model"] == NEVER
+    missing = httpx.post(server.url + "engines/load", json={"model": "ai/absent", "stream": True}, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert httpx.post(server.url + "engines/load", json={}, timeout=30).json()["error"]["param"] == "model"
+
+
+def test_configure_persists_and_reloads_idle_workers(server: ServerProcess) -> None:
+    httpx.post(server.url + "engines/unload", json={"models": [NEVER]}, timeout=30)
     response = httpx.post(
         server.url + "engines/_configure", json={"model": NEVER, "context_size": 256, "keep_alive": "10m"}, timeout=30
     )
-    assert response.status_code == 202
+    assert response.status_code == 202 and response.json()["status"] == "configured"
     assert response.json()["settings"] == {"context_size": 256, "keep_alive": 600.0}
     assert Store(server.home).get(NEVER).settings["context_size"] == 256
-    wait_until(lambda: any(r["model"] == NEVER for r in server.ps()), message="the preload")
-    row = next(r for r in server.ps() if r["model"] == NEVER)
-    assert row["context_size"] == 256 and row["keep_alive"] == 600.0
+    assert all(r["model"] != NEVER for r in server.ps())  # a settings change loads nothing by itself
+    first = httpx.post(server.url + "engines/load", json={"model": NEVER}, timeout=60).json()
+    assert first["context_size"] == 256 and first["keep_alive"] == 600.0
+    again = httpx.post(server.url + "engines/_configure", json={"model": NEVER, "context_size": 512}, timeout=30)
+    assert again.json()["reloaded"] == [NEVER] and again.json()["status"] == "loading"
+    wait_until(lambda: any(r["model"] == NEVER and r["context_size"] == 512 for r in server.ps()), message="reload")
     bad = httpx.post(server.url + "engines/_configure", json={"model": NEVER, "context_size": "big"}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "context_size"
+
+
+def test_models_load_takes_an_upload_or_a_path_and_prune(
+    server: ServerProcess, tiny_model_factory: TinyModelFactory, tmp_path: Path
+) -> None:
+    data = tiny_model_factory(reply="Sent over HTTP.", seed=11).read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    octets = {"Content-Type": "application/octet-stream"}
+    url = server.url + "models/load"
+    sent = httpx.post(url, params={"name": "me/sent", "digest": digest}, content=data, headers=octets, timeout=60)
+    assert sent.status_code == 201 and sent.json()["model"]["tags"] == ["me/sent:latest"]
+    answer = httpx.post(server.url + "v1/chat/completions", json=chat_body("me/sent"), timeout=60).json()
+    assert answer["choices"][0]["message"]["content"] == "Sent over HTTP."
+    html = httpx.post(url, params={"name": "me/html"}, content=b"<html>" + data, headers=octets, timeout=60)
+    assert html.status_code == 400 and html.json()["error"]["code"] == "invalid_model_file"
+    wrong = httpx.post(url, params={"name": "me/x", "digest": "sha256:" + "1" * 64}, content=data, headers=octets)
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "digest"
+    assert httpx.post(url, content=data, headers=octets).json()["error"]["param"] == "name"
+    assert get(server, "models/me/html").status_code == 404 and get(server, "models/me/x").status_code == 404
+    local = tmp_path / "local.gguf"
+    local.write_bytes(tiny_model_factory(reply="Linked.", seed=12).read_bytes())
+    linked = httpx.post(url, json={"name": "me/linked", "path": str(local)}, timeout=60)
+    assert linked.status_code == 201
+    assert Store(server.home).paths(Store(server.home).get("me/linked"))[0].stat().st_ino == local.stat().st_ino
+    absent = httpx.post(url, json={"name": "me/none", "path": str(tmp_path / "none.gguf")}, timeout=30)
+    assert absent.status_code == 400 and absent.json()["error"]["code"] == "file_not_found"
+    pruned = httpx.post(server.url + "models/prune", timeout=30)
+    assert pruned.status_code == 200 and set(pruned.json()) == {"files", "bytes"}
 
 
 def test_df_health_metrics(server: ServerProcess) -> None:

@@ -30,8 +30,8 @@ from mr_notebook.testing.tiny_model import TinyModelFactory
 SAMPLE_PATHS = [
     "v1/chat/completions", "v1/completions", "v1/embeddings", "v1/models", "v1/models/ai/x",
     "engines/v1/models", "engines/llama.cpp/v1/chat/completions", f"engines/{MODEL}/v1/chat/completions",
-    "models", "models/create", "models/purge", "models/ai/x/tag", "models/ai/x",
-    "engines/status", "engines/ps", "engines/df", "engines/unload", "engines/_configure",
+    "models", "models/create", "models/purge", "models/prune", "models/load", "models/ai/x/tag", "models/ai/x",
+    "engines/status", "engines/ps", "engines/df", "engines/load", "engines/unload", "engines/_configure",
     "health", "metrics", "", "no/such/route",
     # Ollama, Anthropic and llama-server routes (H-protocols)
     "api/version", "api/tags", "api/show", "api/chat", "api/generate", "api/embed", "api/embeddings", "api/ps",

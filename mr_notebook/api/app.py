@@ -23,6 +23,15 @@ from mr_notebook.api.base import (
 )
 from mr_notebook.api.context import SETTINGS_KEY, ApiContext
 from mr_notebook.api.generation import ChatCompletionsHandler, CompletionsHandler
+from mr_notebook.api.model_routes import (
+    CreateHandler,
+    LoadModelHandler,
+    ModelHandler,
+    ModelsHandler,
+    PruneHandler,
+    PurgeHandler,
+    TagHandler,
+)
 from mr_notebook.api.openai_routes import (
     EmbeddingsHandler,
     OpenAIModelHandler,
@@ -32,16 +41,12 @@ from mr_notebook.api.openapi import Operation, RouteSpec, document, tornado_rule
 from mr_notebook.api.protocol_routes import PROTOCOL_ROUTES, ROOT_ROUTE
 from mr_notebook.api.runner_routes import (
     ConfigureHandler,
-    CreateHandler,
     DfHandler,
     HealthHandler,
+    LoadHandler,
     MetricsHandler,
-    ModelHandler,
-    ModelsHandler,
     PsHandler,
-    PurgeHandler,
     StatusHandler,
-    TagHandler,
     UnloadHandler,
 )
 
@@ -131,7 +136,41 @@ ROUTES: list[RouteSpec] = [
     RouteSpec(
         ("/models/purge",),
         PurgeHandler,
-        {"delete": Operation("Delete every stored model", destructive=True)},
+        {
+            "delete": Operation(
+                "Unload every model, then delete every stored model (busy models: 409 without force)",
+                query={"force": {"type": "boolean"}},
+                destructive=True,
+            )
+        },
+        tags=_RUNNER,
+    ),
+    RouteSpec(
+        ("/models/prune",),
+        PruneHandler,
+        {
+            "post": Operation(
+                "Delete partial downloads and files no model uses",
+                responses={"application/json": s.PRUNE_RESULT},
+                destructive=True,
+            )
+        },
+        tags=_RUNNER,
+    ),
+    RouteSpec(
+        ("/models/load",),
+        LoadModelHandler,
+        {
+            "post": Operation(
+                "Add a GGUF model: the file as an application/octet-stream body (?name=…&digest=sha256:…), or "
+                '{"name", "path"} of a file the server can read (hard-linked when on the same filesystem)',
+                s.PACKAGE_REQUEST,
+                {"application/json": {"type": "object", "required": ["model"]}},
+                status=201,
+                query={"name": {"type": "string"}, "digest": {"type": "string"}},
+                destructive=True,
+            )
+        },
         tags=_RUNNER,
     ),
     RouteSpec(
@@ -169,6 +208,19 @@ ROUTES: list[RouteSpec] = [
     ),
     RouteSpec(("/engines/df",), DfHandler, _get("Disk usage of the store", {"type": "object"}), tags=_RUNNER),
     RouteSpec(
+        ("/engines/load",),
+        LoadHandler,
+        {
+            "post": Operation(
+                "Load a model now; answers once loaded (stream: true sends NDJSON progress first)",
+                s.LOAD_REQUEST,
+                {"application/json": s.LOADED_MODEL, "application/x-ndjson": s.NDJSON},
+                destructive=True,
+            )
+        },
+        tags=_RUNNER,
+    ),
+    RouteSpec(
         ("/engines/unload",),
         UnloadHandler,
         {
@@ -186,7 +238,7 @@ ROUTES: list[RouteSpec] = [
         ConfigureHandler,
         {
             "post": Operation(
-                "Store a model's context size or keep-alive, then preload it",
+                "Store a model's settings; its idle workers reload now, busy ones once idle",
                 s.CONFIGURE_REQUEST,
                 {"application/json": {"type": "object"}},
                 status=202,

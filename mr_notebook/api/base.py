@@ -110,7 +110,7 @@ class ApiHandler(tornado.web.RequestHandler):
         # runs); OPTIONS stays open for CORS preflight, as jupyter_server intends.
         if self.request.method != "OPTIONS" and not self.current_user:
             raise tornado.web.HTTPError(403)
-        limit = self.ctx.limits.max_body_size
+        limit = self.body_limit()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise tornado.web.HTTPError(413, "The request body has %d bytes; the limit is %d.", int(declared), limit)
@@ -118,6 +118,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
         self._received = bytearray()
         self.request.body = self._received  # type: ignore[assignment]  # grows as chunks arrive
+
+    def body_limit(self) -> int:
+        """Bytes this request's body may have (a route taking file uploads allows more)."""
+        return self.ctx.limits.max_body_size
 
     def data_received(self, chunk: bytes) -> None:
         if self._received is not None:

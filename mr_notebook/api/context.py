@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mr_notebook.api.metrics import Metrics
+from mr_notebook.service import ModelService
 
 if TYPE_CHECKING:
     from mr_notebook.engine import Runner
@@ -26,11 +27,13 @@ class ApiLimits:
     max_body_size: int = DEFAULT_MAX_BODY
     #: Cap on ``max_tokens`` (None: only the model's context caps it).
     max_tokens: int | None = None
+    #: Bytes a GGUF upload (``POST /models/load``) may have; streamed to disk, never buffered.
+    max_upload_size: int = 1024**4
 
 
 @dataclass
 class ApiContext:
-    """The store, the runner and the limits one app serves; created by the host."""
+    """The service (store + runner + rules) and the limits one app serves; created by the host."""
 
     store: Store
     runner: Runner
@@ -38,20 +41,16 @@ class ApiContext:
     metrics: Metrics = field(default_factory=Metrics)
     #: "jupyter", "standalone" or "kernel": shown by /engines/status.
     mode: str = "standalone"
-    _started: bool = False
-    _start_lock: asyncio.Lock | None = None
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: The product's rules; handlers only translate to and from it.
+    service: ModelService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.service = ModelService(self.store, self.runner, mode=self.mode)
 
     async def ready_runner(self) -> Runner:
         """The runner, started on the serving loop the first time a request needs it."""
-        if not self._started:
-            if self._start_lock is None:
-                self._start_lock = asyncio.Lock()
-            async with self._start_lock:
-                if not self._started:
-                    await self.runner.start()
-                    self._started = True
-        return self.runner
+        return await self.service.ready_runner()
 
     def in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` after the response, keeping a reference so the task is not garbage collected."""
@@ -64,4 +63,4 @@ class ApiContext:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.runner.close()
+        await self.service.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -11,17 +10,16 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.ollama_routes import OLLAMA_VERSION, OllamaHandler, rfc3339
+from mr_notebook.api.progress import relay
 from mr_notebook.api.turns import model_traits
 from mr_notebook.digests import short_id
-from mr_notebook.errors import InvalidRequest, ModelInUse, ModelNotFound, MrNotebookError
+from mr_notebook.errors import InvalidRequest, ModelNotFound, MrNotebookError
+from mr_notebook.service import ProgressCallback
 from mr_notebook.store import parse_ref
 
 if TYPE_CHECKING:
     from mr_notebook.store import ModelRecord
     from mr_notebook.store.pull import PullProgress
-
-#: Seconds between two progress lines of one layer (its last line is always sent).
-PROGRESS_INTERVAL = 0.1
 
 
 def details(record: ModelRecord) -> dict[str, Any]:
@@ -153,35 +151,36 @@ class ShowHandler(OllamaHandler):
 
 
 class OllamaPsHandler(OllamaHandler):
-    """``GET /api/ps``: loaded models, with expiry, memory and context length."""
+    """``GET /api/ps``: loaded models, with expiry, memory and context length (the service's ps rows)."""
 
     route_name = "ollama_ps"
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        runner = await self.ctx.ready_runner()
         models = []
-        for status in runner.ps():
+        for row in await self.ctx.service.ps():
+            if row.backend != "llama.cpp":
+                continue  # remote engines manage their own memory: Ollama's ps lists loaded weights
             try:
-                record: ModelRecord | None = await asyncio.to_thread(self.ctx.store.get, status.model)
+                record: ModelRecord | None = await asyncio.to_thread(self.ctx.store.get, row.model)
             except ModelNotFound:
                 record = None  # removed from the store while loaded
-            if status.expires_at is not None:
-                expires = status.expires_at
-            elif status.keep_alive >= 0:
-                expires = time.time() + status.keep_alive
+            if row.expires_at is not None:
+                expires = row.expires_at
+            elif row.keep_alive >= 0:
+                expires = time.time() + row.keep_alive
             else:
                 expires = time.time() + 100 * 365 * 86400  # never: Ollama shows a far-future time too
             models.append(
                 {
-                    "name": status.model,
-                    "model": status.model,
-                    "size": status.memory,
-                    "digest": status.id.removeprefix("sha256:"),
+                    "name": row.model,
+                    "model": row.model,
+                    "size": row.memory,
+                    "digest": row.id.removeprefix("sha256:"),
                     "details": details(record) if record is not None else {},
                     "expires_at": rfc3339(expires),
                     "size_vram": 0,
-                    "context_length": status.context_size,
+                    "context_length": row.context_size,
                 }
             )
         self.write_json({"models": models})
@@ -215,40 +214,20 @@ class PullHandler(OllamaHandler):
         await self.run_cancellable(self._pull(name, streaming))
 
     async def _pull(self, name: str, streaming: bool) -> None:
-        from mr_notebook.store.pull import pull
+        async def write(event: PullProgress) -> None:
+            line = _pull_line(event)
+            if line is None or not streaming or event.status == "resolving":
+                return  # resolving is held: a pull that fails then still gets a real HTTP status
+            if not self._headers_written:
+                await self.line({"status": "pulling manifest"})
+            await self.line(line)
 
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[PullProgress] = asyncio.Queue()
-        cancel = threading.Event()
+        def run(progress: ProgressCallback) -> Any:
+            return self.ctx.service.pull(name, progress=progress)
 
-        def progress(event: PullProgress) -> None:  # called on the pull's thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
-        job = loop.run_in_executor(None, lambda: pull(self.ctx.store, name, progress=progress, cancel=cancel))
-        sent: dict[str | None, float] = {}
         try:
-            while not job.done() or not events.empty():
-                getter = asyncio.ensure_future(events.get())
-                waiting: set[asyncio.Future[Any]] = {getter, job}
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    continue
-                event = getter.result()
-                line = _pull_line(event)
-                now = time.monotonic()
-                layer_done = event.total and event.completed >= event.total
-                throttled = event.status == "downloading" and not layer_done
-                if line is None or not streaming or (throttled and now - sent.get(event.digest, 0) < PROGRESS_INTERVAL):
-                    continue
-                sent[event.digest] = now
-                if event.status == "resolving":
-                    continue  # held: a pull that fails while resolving still gets a real HTTP status
-                if not self._headers_written:
-                    await self.line({"status": "pulling manifest"})
-                await self.line(line)
             try:
-                job.result()
+                await relay(run, write)
             except MrNotebookError as exc:
                 if not self._headers_written:
                     raise
@@ -263,29 +242,18 @@ class PullHandler(OllamaHandler):
                 self.write_json({"status": "success"})
         except StreamClosedError:
             self.mark_client_gone()
-        finally:
-            cancel.set()  # no-op once the pull is done; a vanished client stops it (partial kept for resume)
-            if not job.done():
-                await asyncio.wait({job})
 
 
 class DeleteHandler(OllamaHandler):
-    """``DELETE /api/delete``: remove a name (unloading the model when it was its last name)."""
+    """``DELETE /api/delete``: remove a name (unloading the model when it was its last name and it is idle)."""
 
     route_name = "ollama_delete"
 
     @tornado.web.authenticated
     async def delete(self) -> None:
-        name = self.model_name(self.json_body())
-        store = self.ctx.store
-        record = await asyncio.to_thread(store.get, name)
-        runner = await self.ctx.ready_runner()
-        loaded = [s.model for s in runner.ps() if s.id == record.id]
-        if loaded and len(record.tags) <= 1:
-            if any(s.in_flight or s.queued for s in runner.ps() if s.id == record.id):
-                raise ModelInUse(f"Model {name} is answering requests; delete it when they are done.")
-            await runner.unload(loaded)
-        await asyncio.to_thread(store.remove, [name])
+        # Ollama's clients know no force: the service's rule applies (an idle loaded model is unloaded first,
+        # one answering requests is refused with 409 until they are done).
+        await self.ctx.service.rm([self.model_name(self.json_body())])
         self.set_status(200)
         self.finish()
 

@@ -217,6 +217,18 @@ CONFIGURE_REQUEST: Schema = {
     },
 }
 
+LOAD_REQUEST: Schema = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {"model": {"type": "string"}, "keep_alive": KEEP_ALIVE, "stream": {"type": "boolean"}},
+}
+PACKAGE_REQUEST: Schema = {
+    "type": "object",
+    "required": ["name", "path"],
+    "properties": {"name": {"type": "string"}, "path": {"type": "string"}},
+}
+PRUNE_RESULT: Schema = {"type": "object", "required": ["files", "bytes"]}
+
 LOADED_MODEL: Schema = {
     "type": "object",
     "required": ["model", "id", "pid", "keep_alive"],

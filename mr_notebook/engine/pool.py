@@ -51,6 +51,7 @@ class WorkerPool:
         #: Progress callbacks of the callers of ``load``, by model id (a load may be joined by several).
         self._listeners: dict[str, list[Callable[[PullProgress], None]]] = {}
         self._closed = False
+        self._loading_names: dict[str, str] = {}
 
     async def start(self) -> None:
         """Bind to the running loop (idempotent; every operation calls it)."""
@@ -144,6 +145,14 @@ class WorkerPool:
         if not isinstance(model, str) or not model.strip():
             raise InvalidRequest("model must be a model name such as ai/smollm2.", "model")
         return await asyncio.to_thread(self.store.get, model)
+
+    def _loaded_now(self, model_id: str) -> None:
+        self._loading.pop(model_id, None)
+        self._loading_names.pop(model_id, None)
+
+    def loading(self) -> dict[str, str]:
+        """Models whose worker is starting now: model id → name (not in ``ps`` until loaded)."""
+        return {model_id: name for model_id, name in self._loading_names.items() if model_id in self._loading}
 
     def ps(self) -> list[ModelStatus]:
         """Loaded models, most recently used first."""
@@ -310,7 +319,8 @@ class WorkerPool:
         if loading is None:
             loading = asyncio.ensure_future(self._load_now(name, record, context_size))
             self._loading[record.id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(record.id, None))
+            self._loading_names[record.id] = name
+            loading.add_done_callback(lambda _: self._loaded_now(record.id))
         return await asyncio.shield(loading)
 
     async def _load_now(self, name: str, record: ModelRecord, context_size: int | None = None) -> WorkerHandle:

@@ -116,9 +116,15 @@ class ModelService:
         if self._runner is not None:
             await self._runner.close()
 
-    def _loaded(self) -> builtins.list[LoadedModel]:
+    def _loaded(self, *, loading: bool = False) -> builtins.list[LoadedModel]:
+        """Loaded models; with ``loading``, models whose worker is starting too (as busy: a request waits)."""
         runner = self._runner
-        return [LoadedModel.from_status(s) for s in runner.ps()] if runner is not None and self._started else []
+        if runner is None or not self._started:
+            return []
+        rows = [LoadedModel.from_status(s) for s in runner.ps()]
+        if loading:
+            rows += [LoadedModel(name, mid, "llama.cpp", queued=1) for mid, name in runner.loading().items()]
+        return rows
 
     # ------------------------------------------------------------------ store verbs
     async def list(self) -> builtins.list[ModelEntry]:
@@ -172,6 +178,8 @@ class ModelService:
         """Add a GGUF file this process can read as ``name`` (split models: give part 1). Hard-linked into the
         store when it is on the same filesystem (no bytes copied), else copied; hashed either way."""
         parse_ref(name)
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise InvalidRequest("path must be the path of a .gguf file this server can read.", "path")
         return await in_thread(lambda: self._store.import_gguf(path, name, link=link), None, f"package {name}")
 
     def upload(self, name: str, *, size: int | None = None, digest: str | None = None) -> Upload:
@@ -196,7 +204,8 @@ class ModelService:
             self._runner.remote.refuse(refs, "rm")
         doomed = await asyncio.to_thread(self._store.doomed, refs, force=force)
         ids = {record.id for record in doomed}
-        unloaded = await self._end_workers([row for row in self._loaded() if row.id in ids], force, "remove")
+        loaded = [row for row in self._loaded(loading=True) if row.id in ids]
+        unloaded = await self._end_workers(loaded, force, "remove")
         removal = await asyncio.to_thread(self._store.remove, refs, force=force)
         return dataclasses.replace(removal, unloaded=unloaded)
 
@@ -222,7 +231,7 @@ class ModelService:
 
         ModelInUse (409) without ``force`` when a loaded model is busy.
         """
-        unloaded = await self._end_workers(self._loaded(), force, "purge")
+        unloaded = await self._end_workers(self._loaded(loading=True), force, "purge")
         report = await asyncio.to_thread(self._store.purge)
         return PurgeResult(models=report["models"], bytes=report["bytes"], unloaded=len(unloaded))
 
