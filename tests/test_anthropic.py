@@ -1,4 +1,5 @@
-"""Anthropic's Messages API, driven by the real `anthropic` SDK, under `serve()` and the Jupyter extension."""
+"""Anthropic's Messages API, driven by the real `anthropic` SDK; the client's own test runs against both hosts
+(`serve()` and a real `jupyter server` with the extension)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,8 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-
-# pytest-jupyter's fixtures for this module only (see test_serverext.py).
-from pytest_jupyter.jupyter_server import *  # noqa: F403
-from test_api_support import MODEL, NEVER, REPLY, ServerProcess
-from test_protocol_support import GENERIC, HERMES, PARALLEL, THINKER, jupyter_config
-
-from mr_notebook.testing.tiny_model import TinyModelFactory
+from test_api_support import MODEL, NEVER, REPLY, ServerProcess, serving
+from test_protocol_support import ANSWER_REPLY, ANSWERER, GENERIC, HERMES, PARALLEL, THINKER, weather
 
 ASK: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {
@@ -190,8 +186,7 @@ def test_errors_in_anthropic_shape(server: ServerProcess) -> None:
 
 
 def test_x_api_key_on_a_keyed_server(tmp_path: Path) -> None:
-    keyed = ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
-    try:
+    with serving(ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})) as keyed:
         wrong = anthropic.Anthropic(base_url=keyed.url, api_key="nope", max_retries=0, timeout=30)
         with pytest.raises(anthropic.AuthenticationError) as refused:
             wrong.messages.create(model=MODEL, max_tokens=8, messages=ASK)
@@ -199,35 +194,31 @@ def test_x_api_key_on_a_keyed_server(tmp_path: Path) -> None:
         right = anthropic.Anthropic(base_url=keyed.url, api_key="s3cret", max_retries=0, timeout=30)
         with pytest.raises(anthropic.NotFoundError):  # past the key: the keyed store is empty
             right.messages.create(model=MODEL, max_tokens=8, messages=ASK)
-    finally:
-        keyed.stop()
 
 
-# ------------------------------------------------------------------------------------------------ Jupyter
+# ------------------------------------------------------------------------------------------------ both hosts
 
 
-@pytest.fixture
-def jp_server_config(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> dict[str, Any]:
-    return jupyter_config(tmp_path / "mr_home", tiny_model_factory)
-
-
-def test_anthropic_sdk_through_jupyter(
-    jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str, jp_asyncio_loop: Any
-) -> None:
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}mr/anthropic"
-    token = str(jp_serverapp.identity_provider.token)
-
-    async def body() -> None:
-        # The Jupyter token is the key; the SDK sends it as x-api-key.
-        c = anthropic.AsyncAnthropic(base_url=url, api_key=token, max_retries=0, timeout=60)
-        message = await c.messages.create(model=MODEL, max_tokens=64, messages=ASK)
-        assert message.content[0].text == REPLY  # type: ignore[union-attr]
-        async with c.messages.stream(model=HERMES, max_tokens=64, messages=ASK, tools=[WEATHER]) as stream:  # type: ignore[list-item]
-            final = await stream.get_final_message()
-        assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris"}
-        wrong = anthropic.AsyncAnthropic(base_url=url, api_key="not-the-token", max_retries=0, timeout=30)
+def test_anthropic_sdk_on_both_hosts(host: ServerProcess) -> None:
+    # The key travels as x-api-key (the Jupyter token under Jupyter).
+    c = anthropic.Anthropic(base_url=host.url + "anthropic", api_key=host.key, max_retries=0, timeout=60)
+    assert c.messages.create(model=MODEL, max_tokens=64, messages=ASK).content[0].text == REPLY  # type: ignore[union-attr]
+    with c.messages.stream(model=MODEL, max_tokens=64, messages=ASK) as stream:
+        assert "".join(stream.text_stream) == REPLY
+    # A full tool round trip, the call streamed: tool_use, then tool_result back, then the answer.
+    with c.messages.stream(model=HERMES, max_tokens=128, messages=ASK, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        asked = stream.get_final_message()
+    (use,) = asked.content
+    assert use.type == "tool_use" and use.input == {"city": "Paris"} and asked.stop_reason == "tool_use"
+    history: list[Any] = [
+        *ASK,
+        {"role": "assistant", "content": [b.model_dump() for b in asked.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": weather("Paris")}]},
+    ]
+    final = c.messages.create(model=ANSWERER, max_tokens=64, messages=history, tools=[WEATHER])  # type: ignore[list-item]
+    assert final.content[0].text == ANSWER_REPLY and final.stop_reason == "end_turn"  # type: ignore[union-attr]
+    if host.name == "jupyter":
+        wrong = anthropic.Anthropic(base_url=host.url + "anthropic", api_key="not-the-token", max_retries=0)
         with pytest.raises(anthropic.PermissionDeniedError) as refused:
-            await wrong.messages.create(model=MODEL, max_tokens=8, messages=ASK)
+            wrong.messages.create(model=MODEL, max_tokens=8, messages=ASK)
         assert refused.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
-
-    jp_asyncio_loop.run_until_complete(body())

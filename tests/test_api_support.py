@@ -12,13 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mr_notebook.store import Store
+from mr_notebook.testing.registry import free_port
 from mr_notebook.testing.tiny_model import DEFAULT_REPLY, TinyModelFactory
 
 MODEL = "ai/llama3.2:1B-Q8_0"  # the seed article's model name, on a tiny model
@@ -43,18 +45,26 @@ def add_long_model(store: Store, factory: TinyModelFactory) -> None:
     store.configure(LONG, context_size=65536)
 
 
+def child_env(home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A server's environment: ours without MR_NOTEBOOK_* settings, then its store and ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MR_NOTEBOOK_")}
+    full_env.update({"MR_NOTEBOOK_HOME": str(home), "MR_NOTEBOOK_KEEP_ALIVE": "5m", **(env or {})})
+    return full_env
+
+
 class ServerProcess:
-    """`serve()` running in a child process; ``url`` ends with ``/``."""
+    """`serve()` running in a child process; ``url`` (the API root) ends with ``/``; clients send ``key``."""
 
     def __init__(self, home: Path, env: Mapping[str, str] | None = None, host: str = "127.0.0.1") -> None:
         self.home = home
+        self.name = "serve"
         self.log_path = home / "serve.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MR_NOTEBOOK_")}
-        full_env.update({"MR_NOTEBOOK_HOME": str(home), "MR_NOTEBOOK_KEEP_ALIVE": "5m", **(env or {})})
+        #: Without MR_NOTEBOOK_API_KEY the server takes any key (the SDKs insist on sending one).
+        self.key = (env or {}).get("MR_NOTEBOOK_API_KEY", "unused")
         home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", SERVE_CODE.format(host=host)], env=full_env, stdout=log, stderr=log
+                [sys.executable, "-c", SERVE_CODE.format(host=host)], env=child_env(home, env), stdout=log, stderr=log
             )
         self.url = self._wait_for_runtime_file()
 
@@ -86,10 +96,54 @@ class ServerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
     def ps(self) -> list[dict[str, object]]:
-        rows = httpx.get(self.url + "engines/ps", timeout=10).json()
+        rows = httpx.get(self.url + "engines/ps", headers=self.headers, timeout=10).json()
         assert isinstance(rows, list)
         return rows
+
+
+class JupyterProcess(ServerProcess):
+    """A real `jupyter server` with the extension serving ``home``: ``url`` is ``…/mr/``, ``key`` its token."""
+
+    TOKEN = "mr-notebook-test-token"
+    EXTENSIONS = "{'mr_notebook': True, 'jupyterlab': False, 'jupyter_lsp': False, 'notebook_shim': False}"
+
+    def __init__(self, home: Path, root: Path, timeout: float = 60.0) -> None:
+        self.home, self.name, self.key = home, "jupyter", self.TOKEN
+        self.log_path = root / "jupyter.log"
+        port = free_port()
+        env = child_env(home, {"JUPYTER_RUNTIME_DIR": str(root / "runtime"), "JUPYTER_CONFIG_DIR": str(root / "cfg")})
+        command = [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser"]
+        command += [f"--IdentityProvider.token={self.TOKEN}", f"--ServerApp.root_dir={root}", "--allow-root"]
+        command += [f"--ServerApp.jpserver_extensions={self.EXTENSIONS}"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        self.url = f"http://127.0.0.1:{port}/mr/"
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"jupyter server did not start:\n{self.log()}")
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(self.url + "engines/status", headers=self.headers, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@contextmanager
+def serving(server: ServerProcess) -> Iterator[ServerProcess]:
+    """``server`` until the block ends (stopped on every path)."""
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pid_alive(pid: int) -> bool:
@@ -113,18 +167,24 @@ def wait_until(predicate: object, timeout: float = 30.0, message: str = "conditi
     raise AssertionError(f"timed out waiting for {message}")
 
 
-@pytest.fixture(scope="module")
-def api_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
-    home = tmp_path_factory.mktemp("api_home")
-    fill_store(home, tiny_model_factory)
+def filled_home(
+    tmp_path_factory: pytest.TempPathFactory, factory: TinyModelFactory, fill: Callable[[Path, TinyModelFactory], Store]
+) -> Path:
+    """A fresh store home that ``fill`` stocks with tiny models (the API and protocol tests' homes)."""
+    home = tmp_path_factory.mktemp(fill.__name__.removeprefix("fill_"))
+    fill(home, factory)
     return home
 
 
 @pytest.fixture(scope="module")
+def api_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
+    return filled_home(tmp_path_factory, tiny_model_factory, fill_store)
+
+
+@pytest.fixture(scope="module")
 def api_server(api_home: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(api_home)
-    yield server
-    server.stop()
+    with serving(ServerProcess(api_home)) as server:
+        yield server
 
 
 def chat_body(model: str = MODEL, content: str = "Hello?", **extra: object) -> dict[str, object]:

@@ -1,5 +1,5 @@
-"""Ollama's API, driven by the real `ollama` library (and LangChain's ChatOllama), under both hosts:
-`serve()` in a subprocess and the Jupyter server extension (pytest-jupyter), with tiny models."""
+"""Ollama's API, driven by the real `ollama` library (and LangChain's ChatOllama), with tiny models; the
+clients' own tests run against both hosts (`serve()` and a real `jupyter server` with the extension)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,22 @@ import os
 import signal
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import ollama
 import pytest
-
-# pytest-jupyter's fixtures for this module only (see test_serverext.py).
-from pytest_jupyter.jupyter_server import *  # noqa: F403
-from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, wait_until
-from test_protocol_support import EFFORT, GENERIC, HERMES, QWEN3, THINKER, WEATHER_TOOL, jupyter_config
+from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, serving, wait_until
+from test_protocol_support import (
+    ANSWER_REPLY,
+    ANSWERER,
+    EFFORT,
+    GENERIC,
+    HERMES,
+    QWEN3,
+    THINKER,
+    WEATHER_TOOL,
+    weather,
+)
 
 from mr_notebook.testing.pull_fixtures import local_registry  # noqa: F401
 from mr_notebook.testing.registry import LocalRegistry
@@ -251,61 +257,63 @@ def test_error_inside_a_stream_is_one_error_line(server: ServerProcess) -> None:
 
 
 def test_bearer_key_on_a_keyed_server(tmp_path: Path) -> None:
-    keyed = ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})
-    try:
+    with serving(ServerProcess(tmp_path / "keyed", env={"MR_NOTEBOOK_API_KEY": "s3cret"})) as keyed:
         with pytest.raises(ollama.ResponseError) as refused:
             ollama.Client(host=keyed.url, timeout=30).list()
         assert refused.value.status_code == 401
-        good = ollama.Client(host=keyed.url, headers={"Authorization": "Bearer s3cret"}, timeout=30)
+        good = ollama.Client(host=keyed.url, headers=keyed.headers, timeout=30)
         assert good.list().models == []
-    finally:
-        keyed.stop()
 
 
-def test_langchain_chat_ollama_with_a_tool(server: ServerProcess) -> None:
+# ------------------------------------------------------------------------------------------------ both hosts
+
+
+def test_ollama_library_on_both_hosts(host: ServerProcess) -> None:
+    # OLLAMA_HOST may carry our path prefix; the bearer token carries the key (Jupyter's token there).
+    c = ollama.Client(host=host.url, headers=host.headers, timeout=60)
+    assert MODEL in {m.model for m in c.list().models}
+    assert c.chat(model=MODEL, messages=ASK).message.content == REPLY
+    assert "".join(p.message.content or "" for p in c.chat(model=MODEL, messages=ASK, stream=True)) == REPLY
+    # A full tool round trip (streamed call; the tool's result goes back; the model answers).
+    parts = list(c.chat(model=HERMES, messages=ASK, tools=[WEATHER_TOOL], stream=True))
+    (call,) = [call for p in parts for call in (p.message.tool_calls or [])]
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
+        {"role": "tool", "content": weather(**call.function.arguments), "tool_name": call.function.name},
+    ]
+    final = c.chat(model=ANSWERER, messages=history, tools=[WEATHER_TOOL])
+    assert final.message.content == ANSWER_REPLY and final.done_reason == "stop"
+    assert len(c.embed(model=EMBED, input="hi").embeddings[0]) == 64
+    if host.name == "jupyter":
+        with pytest.raises(ollama.ResponseError) as refused:
+            ollama.Client(host=host.url, timeout=30).list()  # no token: refused
+        assert refused.value.status_code == 403
+        assert httpx.get(host.url, headers=host.headers, timeout=10).text == "Ollama is running"
+
+
+def test_langchain_chat_ollama_on_both_hosts(host: ServerProcess) -> None:
+    from langchain_core.messages import HumanMessage
     from langchain_core.tools import tool
     from langchain_ollama import ChatOllama
 
     @tool
     def get_weather(city: str) -> str:
         """The weather in a city."""
-        return f"sunny in {city}"
+        return weather(city)
 
-    llm = ChatOllama(model=HERMES, base_url=server.url)
-    message = llm.bind_tools([get_weather]).invoke("Weather in Paris?")
-    assert [(c["name"], c["args"]) for c in message.tool_calls] == [("get_weather", {"city": "Paris"})]
-    plain = ChatOllama(model=MODEL, base_url=server.url).invoke("Hi")
-    assert plain.content == REPLY
+    def llm(model: str) -> ChatOllama:
+        return ChatOllama(model=model, base_url=host.url, client_kwargs={"headers": host.headers})
 
-
-# ------------------------------------------------------------------------------------------------ Jupyter
-
-
-@pytest.fixture
-def jp_server_config(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> dict[str, Any]:
-    return jupyter_config(tmp_path / "mr_home", tiny_model_factory)
-
-
-def test_ollama_library_through_jupyter(
-    jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str, jp_asyncio_loop: Any
-) -> None:
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}mr/"
-    token = str(jp_serverapp.identity_provider.token)
-
-    async def body() -> None:
-        c = ollama.AsyncClient(host=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-        assert MODEL in {m.model for m in (await c.list()).models}
-        answer = await c.chat(model=MODEL, messages=ASK)
-        assert answer.message.content == REPLY
-        parts = [p async for p in await c.chat(model=HERMES, messages=ASK, tools=[WEATHER_TOOL], stream=True)]
-        calls = [call for p in parts for call in (p.message.tool_calls or [])]
-        assert calls[0].function.arguments == {"city": "Paris"}
-        assert len((await c.embed(model=EMBED, input="hi")).embeddings[0]) == 64
-        with pytest.raises(ollama.ResponseError) as refused:
-            await ollama.AsyncClient(host=url, timeout=30).list()
-        assert refused.value.status_code == 403
-        async with httpx.AsyncClient(timeout=10) as plain:
-            root = await plain.get(url, headers={"Authorization": f"token {token}"})
-            assert root.text == "Ollama is running"
-
-    jp_asyncio_loop.run_until_complete(body())
+    question = HumanMessage("Weather in Paris?")
+    asked = llm(HERMES).bind_tools([get_weather]).invoke([question])
+    assert [(c["name"], c["args"]) for c in asked.tool_calls] == [("get_weather", {"city": "Paris"})]
+    streamed = None
+    for part in llm(HERMES).bind_tools([get_weather]).stream([question]):
+        streamed = part if streamed is None else streamed + part
+    assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
+    result = get_weather.invoke(asked.tool_calls[0])  # a ToolMessage answering that call
+    final = llm(ANSWERER).bind_tools([get_weather]).invoke([question, asked, result])
+    assert final.content == ANSWER_REPLY and not final.tool_calls
+    assert llm(MODEL).invoke("Hi").content == REPLY

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_api_support import ServerProcess, fill_store
+from test_api_support import JupyterProcess, ServerProcess, fill_store, filled_home, serving
 
 from mr_notebook.store import Store
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
@@ -110,6 +109,16 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+#: The second step of a tool round trip: a Hermes-template model that answers in words (tool results render).
+ANSWERER = "ai/tool-answer:latest"
+ANSWER_REPLY = "It is sunny in Paris."
+
+
+def weather(city: str) -> str:
+    """The tool the round-trip tests run between the model's call and its answer."""
+    return f"sunny, 21 degrees in {city}"
+
+
 #: A tool without parameters: greedy decoding under its grammar has one finite path (no free string to fill).
 PING_TOOL = {
     "type": "function",
@@ -136,30 +145,34 @@ def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
         store.import_gguf(factory(reply=reply, chat_template=template), name)
     for name, (reply, template, controls) in CONTROL_MODELS.items():
         store.import_gguf(factory(reply=reply, chat_template=template, controls=controls), name)
+    store.import_gguf(factory(reply=ANSWER_REPLY, chat_template=HERMES_TEMPLATE), ANSWERER)
     store.import_gguf(factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE), THINKER)
     store.import_gguf(factory(chat_template=EFFORT_TEMPLATE), EFFORT)
     return store
 
 
-def jupyter_config(home: Path, factory: TinyModelFactory) -> dict[str, Any]:
-    """pytest-jupyter's ``jp_server_config`` for a server whose extension serves these models."""
-    fill_protocol_store(home, factory)
-    return {
-        "ServerApp": {"jpserver_extensions": {"mr_notebook": True}},
-        "MrNotebook": {"home": str(home), "keep_alive": "2m"},
-    }
-
-
 @pytest.fixture(scope="session")
 def protocol_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Path:
-    home = tmp_path_factory.mktemp("protocol_home")
-    fill_protocol_store(home, tiny_model_factory)
-    return home
+    return filled_home(tmp_path_factory, tiny_model_factory, fill_protocol_store)
 
 
 @pytest.fixture(scope="session")
 def protocol_server(protocol_home: Path) -> Iterator[ServerProcess]:
     """One `serve()` for the three protocol test modules (each model loads once for all of them)."""
-    process = ServerProcess(protocol_home)
-    yield process
-    process.stop()
+    with serving(ServerProcess(protocol_home)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def protocol_jupyter(protocol_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real `jupyter server` with the extension over the same store (its Jupyter token is the key)."""
+    with serving(JupyterProcess(protocol_home, tmp_path_factory.mktemp("jupyter"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["serve", "jupyter"])
+def host(request: pytest.FixtureRequest) -> ServerProcess:
+    """Each host of the API in turn: `mr-notebook serve`, and Jupyter's ``{base_url}mr/`` with the token."""
+    server = request.getfixturevalue("protocol_server" if request.param == "serve" else "protocol_jupyter")
+    assert isinstance(server, ServerProcess)
+    return server

@@ -11,6 +11,8 @@ import openai
 import pytest
 from test_api_support import MODEL, REPLY, ServerProcess
 from test_protocol_support import (
+    ANSWER_REPLY,
+    ANSWERER,
     EFFORT,
     GENERIC,
     HERMES,
@@ -29,6 +31,7 @@ from test_protocol_support import (
     TIME_TOOL,
     TOOL_MODELS,
     WEATHER_TOOL,
+    weather,
 )
 
 from mr_notebook.api.tools import (
@@ -362,6 +365,65 @@ def test_langchain_chat_openai_bind_tools(server: ServerProcess) -> None:
     for part in llm.bind_tools([get_weather]).stream("Weather in Paris?"):
         streamed = part if streamed is None else streamed + part
     assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------------ both hosts
+
+
+def test_openai_sdk_on_both_hosts(host: ServerProcess) -> None:
+    c = openai.OpenAI(base_url=host.url + "v1", api_key=host.key, max_retries=0, timeout=60)
+    assert c.chat.completions.create(model=MODEL, messages=ASK).choices[0].message.content == REPLY
+    chunks = list(c.chat.completions.create(model=MODEL, messages=ASK, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == REPLY
+    # A full tool round trip: the model calls, the client runs the tool, the result goes back, the model answers.
+    streamed = list(c.chat.completions.create(model=HERMES, messages=ASK, tools=[WEATHER_TOOL], stream=True))  # type: ignore[list-item]
+    deltas = [d for ch in streamed if ch.choices for d in ch.choices[0].delta.tool_calls or []]
+    assert deltas[0].id and deltas[0].function and deltas[0].function.name == "get_weather"
+    assert json.loads("".join(d.function.arguments or "" for d in deltas if d.function)) == {"city": "Paris"}
+    first = c.chat.completions.create(model=HERMES, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    (call,) = first.choices[0].message.tool_calls or []
+    result = weather(**json.loads(call.function.arguments))
+
+    def answer(content: str) -> Any:
+        history = [
+            *ASK,
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": content},
+        ]
+        return c.chat.completions.create(model=ANSWERER, messages=history, tools=[WEATHER_TOOL])  # type: ignore[arg-type, list-item]
+
+    final, empty = answer(result), answer("")
+    assert final.choices[0].message.content == ANSWER_REPLY and final.choices[0].finish_reason == "stop"
+    assert final.usage.prompt_tokens > empty.usage.prompt_tokens  # the tool's result reached the prompt
+    if host.name == "jupyter":  # the Jupyter token is the key: without it, no answer
+        wrong = openai.OpenAI(base_url=host.url + "v1", api_key="not-the-token", max_retries=0, timeout=30)
+        with pytest.raises(openai.PermissionDeniedError):
+            wrong.chat.completions.create(model=MODEL, messages=ASK)
+
+
+def test_langchain_chat_openai_on_both_hosts(host: ServerProcess) -> None:
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return weather(city)
+
+    def llm(model: str) -> ChatOpenAI:
+        return ChatOpenAI(model=model, base_url=host.url + "v1", api_key=host.key, max_retries=0, timeout=60)  # type: ignore[arg-type]
+
+    question = HumanMessage("Weather in Paris?")
+    streamed = None
+    for part in llm(QWEN3).bind_tools([get_weather]).stream([question]):
+        streamed = part if streamed is None else streamed + part
+    assert streamed is not None and streamed.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
+    asked = llm(QWEN3).bind_tools([get_weather]).invoke([question])
+    assert [(c["name"], c["args"]) for c in asked.tool_calls] == [("get_weather", {"city": "Paris"})]
+    result = get_weather.invoke(asked.tool_calls[0])  # a ToolMessage answering that call
+    final = llm(ANSWERER).bind_tools([get_weather]).invoke([question, asked, result])
+    assert final.content == ANSWER_REPLY and not final.tool_calls
 
 
 def test_tools_and_template_kwargs_reach_the_chat_template(server: ServerProcess) -> None:
