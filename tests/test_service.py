@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
 from mr_notebook import errors
+from mr_notebook.api.standalone import start_in_thread
 from mr_notebook.engine import GenerationParams, collect
 from mr_notebook.errors import (
     BY_CODE,
@@ -251,6 +253,14 @@ def test_sync_service_runs_the_same_rules_for_code_without_a_loop(store: Store) 
     try:
         row = sync.call(sync.service.load("ai/tiny"))
         assert sync.call(sync.service.ps())[0].pid == row.pid
+        served = start_in_thread(sync, store)  # %model serve: the same service (rules, workers) over HTTP
+        try:
+            (served_row,) = httpx.get(served.url + "engines/ps", timeout=30).json()
+            stable = ("model", "id", "pid", "context_size", "keep_alive", "loaded_at", "backend_name")
+            assert {k: served_row[k] for k in stable} == {k: row.to_json()[k] for k in stable}
+            assert httpx.get(served.url + "engines/status", timeout=30).json()["mode"] == "kernel"
+        finally:
+            served.stop()
         removal = sync.call(sync.service.rm(["ai/tiny"]))
         assert removal.unloaded == ["ai/tiny"]
         assert sync.call(sync.service.status()).loaded_models == 0

@@ -48,6 +48,17 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.service = ModelService(self.store, self.runner, mode=self.mode)
 
+    @classmethod
+    def of(
+        cls, service: ModelService, runner: Runner, limits: ApiLimits | None = None, mode: str = "kernel"
+    ) -> ApiContext:
+        """The context serving an existing service (``%model serve`` of an in-process engine); ``runner`` is its
+        started Runner (``await service.ready_runner()``)."""
+        context = cls(service.store, runner, limits or ApiLimits(), mode=mode)
+        service.mode = mode
+        context.service = service
+        return context
+
     async def ready_runner(self) -> Runner:
         """The runner, started on the serving loop the first time a request needs it."""
         return await self.service.ready_runner()

@@ -26,6 +26,7 @@ from mr_notebook.api.context import ApiContext, ApiLimits
 from mr_notebook.api.origins import parse_origins
 from mr_notebook.errors import ServeError
 from mr_notebook.hosts import is_loopback
+from mr_notebook.service import SyncService
 from mr_notebook.settings import DEFAULT_PORT, EngineSettings, runtime_file
 
 if TYPE_CHECKING:
@@ -165,9 +166,9 @@ async def _serve(
 
 
 class ServerHandle:
-    """A server running on a SyncRunner's loop (``%model serve``)."""
+    """A server running on a SyncService's (or SyncRunner's) loop (``%model serve``)."""
 
-    def __init__(self, url: str, port: int, server: HTTPServer, runner: SyncRunner) -> None:
+    def __init__(self, url: str, port: int, server: HTTPServer, runner: SyncService | SyncRunner) -> None:
         self.url = url
         self.port = port
         self._server = server
@@ -185,7 +186,7 @@ class ServerHandle:
 
 
 def start_in_thread(
-    sync_runner: SyncRunner,
+    sync_runner: SyncService | SyncRunner,
     store: Store,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -193,14 +194,20 @@ def start_in_thread(
     limits: ApiLimits | None = None,
     origins: str | tuple[str, ...] | None = None,
 ) -> ServerHandle:
-    """Serve ``sync_runner``'s Runner over HTTP from its own loop thread; returns at once.
+    """Serve an in-process engine over HTTP from its own loop thread; returns at once.
+
+    Give the engine's SyncService (its rules and Runner are then the server's), or a bare SyncRunner.
 
     ``origins``: web page origins allowed besides the server's own (default ``MR_NOTEBOOK_ORIGINS``).
     """
     if api_key is None and not is_loopback(host):
         raise ServeError(f"Refusing to serve on {host} without an API key; pass api_key or bind 127.0.0.1.")
     patterns = allowed_origins(origins)
-    context = ApiContext(store, sync_runner.runner, limits or ApiLimits(), mode="kernel")
+    if isinstance(sync_runner, SyncService):
+        service = sync_runner.service
+        context = ApiContext.of(service, sync_runner.call(service.ready_runner()), limits, mode="kernel")
+    else:
+        context = ApiContext(store, sync_runner.runner, limits or ApiLimits(), mode="kernel")
 
     async def start() -> tuple[HTTPServer, int]:
         sockets = _bind(host, port)
