@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
 
 import mr_notebook
+from mr_notebook import current
+from mr_notebook.client.local import LocalEngine
+from mr_notebook.client.remote import RemoteEngine
+from mr_notebook.errors import MrNotebookError, error_for_code
+from mr_notebook.settings import EngineSettings
+from mr_notebook.store import Store
+from mr_notebook.tables import configured_text, df_record, purged_text, removal_lines
+from mr_notebook.testing import TinyModelFactory
+from mr_notebook.testing.shell import magic_shell
+from mr_notebook.widgets import ModelManager
 
 PACKAGE = Path(mr_notebook.__file__).parent
 
@@ -130,6 +152,7 @@ def test_env_seen_by_the_next_test() -> None:
 
 def test_the_shell_environment_does_not_reach_tests() -> None:
     env = {**os.environ, "MR_NOTEBOOK_URL": "http://127.0.0.1:9/", "MR_NOTEBOOK_TOKEN": "t", "HF_ENDPOINT": "http://x"}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # this conftest is what is tested, not the installed plugins
     selected = [f"{__file__}::test_env_seen_by_a_test", f"{__file__}::test_env_seen_by_the_next_test"]
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selected],
@@ -140,3 +163,422 @@ def test_the_shell_environment_does_not_reach_tests() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
+
+
+# ====================================================================== one table of cases, every interface
+# Each interface runs the same operations, in order, on its own store holding the same two models; every answer
+# is reduced to what a user sees (through the shared renderers of mr_notebook.tables where the interface gives
+# data), so the in-process engine, HTTP, the CLI, the magics and the widget must say exactly the same thing.
+# The in-process engine's answers are the reference; EXPECTED pins the rules themselves.
+
+LOOP = "one two three "
+TINY, LOOPER, ALIAS = "ai/tiny:latest", "ai/loop:latest", "ai/alias:v1"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: str
+    args: tuple[Any, ...] = ()
+
+
+CASES = [
+    Case("list", "list"),
+    Case("inspect", "inspect", (TINY,)),
+    Case("inspect a missing model", "inspect", ("ai/missing:latest",)),
+    Case("inspect a name that does not parse", "inspect", ("Bad Name!",)),
+    Case("tag", "tag", (TINY, ALIAS)),
+    Case("rm one of two names", "rm", (ALIAS,)),
+    Case("configure a model that is not loaded", "configure", (TINY, 256)),
+    Case("load", "load", (TINY,)),
+    Case("configure reloads an idle worker", "configure", (TINY, 320)),
+    Case("rm a busy model without force", "rm_busy", (LOOPER,)),
+    Case("rm a loaded idle model", "rm", (TINY,)),
+    Case("ps", "ps"),
+    Case("df", "df"),
+    Case("purge", "purge"),
+    Case("list after purge", "list"),
+]
+
+#: What the rules say, whatever the interface (a few answers are fully known in advance).
+EXPECTED: dict[str, Callable[[Any], bool]] = {
+    "list": lambda a: a == [LOOPER, TINY],
+    "inspect a missing model": lambda a: a[0] == "error" and "pull ai/missing:latest" in a[1],
+    "inspect a name that does not parse": lambda a: a[0] == "error" and "Bad Name!" in a[1],
+    "tag": lambda a: a == [ALIAS, TINY],
+    "rm one of two names": lambda a: a == [f"Untagged: {ALIAS}"],
+    "configure a model that is not loaded": lambda a: "context_size=256" in a and "next load" in a,
+    "load": lambda a: a == [TINY],
+    "configure reloads an idle worker": lambda a: "context_size=320" in a and "was reloaded" in a,
+    "rm a busy model without force": lambda a: a[0] == "error" and "answering requests" in a[1],
+    "rm a loaded idle model": lambda a: a[0] == f"Untagged: {TINY}" and a[1].startswith("Deleted: sha256:"),
+    "ps": lambda a: a == [LOOPER],  # the removed model's worker was ended first; the busy one stayed
+    "df": lambda a: a.splitlines()[0].split() == ["Models", "1"],
+    "purge": lambda a: a.startswith("Deleted 1 model(s)") and "(unloaded 1 first)" in a,
+    "list after purge": lambda a: a == [],
+}
+
+Answer = Any
+
+
+def _error(exc: BaseException) -> tuple[str, str]:
+    return ("error", str(exc))
+
+
+def _names(models: Iterable[Mapping[str, Any]]) -> list[str]:
+    return sorted(str(tag) for model in models for tag in model.get("tags") or [])
+
+
+def _ps_names(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    return sorted(str(row["model"]) for row in rows)
+
+
+def _inspected(model: Mapping[str, Any]) -> tuple[str, list[str]]:
+    return str(model["id"]), sorted(model["tags"])
+
+
+class Interface:
+    """One way in; ``backing`` is the in-process engine that holds its models (to make one busy)."""
+
+    name = ""
+    backing: LocalEngine
+
+    def rm(self, ref: str) -> Answer:
+        raise NotImplementedError
+
+    def run(self, case: Case) -> Answer:
+        if case.op == "rm_busy":
+            return self.rm_busy(*case.args)
+        try:
+            return getattr(self, case.op)(*case.args)
+        except MrNotebookError as exc:
+            return _error(exc)
+
+    def rm_busy(self, name: str) -> Answer:
+        with self.backing.chat_stream(name, [{"role": "user", "content": "go on"}], max_tokens=100_000) as stream:
+            next(stream)  # generating now
+            try:
+                answer = self.rm(name)
+            except MrNotebookError as exc:
+                answer = _error(exc)
+        wait_for(lambda: all(row["in_flight"] == 0 for row in self.backing.ps()), "the stream to end")
+        return answer
+
+
+class EngineInterface(Interface):
+    name = "engine"
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.backing = self.engine = engine
+
+    def list(self) -> Answer:
+        return _names(self.engine.list())
+
+    def inspect(self, ref: str) -> Answer:
+        return _inspected(self.engine.inspect(ref))
+
+    def tag(self, source: str, target: str) -> Answer:
+        return sorted(self.engine.tag(source, target)["tags"])
+
+    def rm(self, ref: str) -> Answer:
+        return removal_lines(self.engine.rm([ref]))
+
+    def configure(self, ref: str, context_size: int) -> Answer:
+        return configured_text(self.engine.configure(ref, context_size=context_size))
+
+    def load(self, ref: str) -> Answer:
+        self.engine.load(ref)
+        return self.ps()
+
+    def ps(self) -> Answer:
+        return _ps_names(self.engine.ps())
+
+    def df(self) -> Answer:
+        return df_record(self.engine.df()).text()
+
+    def purge(self) -> Answer:
+        return purged_text(self.engine.purge(force=True))
+
+
+class HttpInterface(Interface):
+    """Raw requests to the routes every client uses (Docker Model Runner's ``/models`` and ``/engines``)."""
+
+    name = "http"
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.backing = engine
+        self.http = httpx.Client(base_url=engine.serve(), timeout=60)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            # The status is the one the error class declares (a 4xx for the user's mistakes).
+            assert response.status_code == error_for_code(error["code"], "").http_status, response.text
+            return _error(MrNotebookError(error["message"]))
+        return response.json()
+
+    def list(self) -> Answer:
+        return _names(self.call("GET", "models"))
+
+    def inspect(self, ref: str) -> Answer:
+        found = self.call("GET", f"models/{quote(ref, safe='/:')}")
+        return found if isinstance(found, tuple) else _inspected(found)
+
+    def tag(self, source: str, target: str) -> Answer:
+        return sorted(self.call("POST", f"models/{source}/tag", json={"target": target})["model"]["tags"])
+
+    def rm(self, ref: str) -> Answer:
+        removal = self.call("DELETE", f"models/{ref}")
+        return removal if isinstance(removal, tuple) else removal_lines(removal)
+
+    def configure(self, ref: str, context_size: int) -> Answer:
+        return configured_text(
+            self.call("POST", "engines/_configure", json={"model": ref, "context_size": context_size})
+        )
+
+    def load(self, ref: str) -> Answer:
+        self.call("POST", "engines/load", json={"model": ref})
+        return self.ps()
+
+    def ps(self) -> Answer:
+        return _ps_names(self.call("GET", "engines/ps"))
+
+    def df(self) -> Answer:
+        return df_record(self.call("GET", "engines/df")).text()
+
+    def purge(self) -> Answer:
+        return purged_text(self.call("DELETE", "models/purge", params={"force": "true"}))
+
+
+class CliInterface(Interface):
+    """``mr-notebook`` commands (their real ``main``) against a server, as `mr-notebook serve` users run them."""
+
+    name = "cli"
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.backing = engine
+        self.url = engine.serve()
+
+    def mr(self, *argv: str) -> str:
+        from mr_notebook.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        os.environ["MR_NOTEBOOK_URL"] = self.url  # undone after the test (conftest)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+        if code != 0:
+            message = err.getvalue().strip()
+            assert message.startswith("Error: "), message
+            raise MrNotebookError(message.removeprefix("Error: "))
+        return out.getvalue()
+
+    def list(self) -> Answer:
+        return _names(json.loads(self.mr("list", "--json")))
+
+    def inspect(self, ref: str) -> Answer:
+        return _inspected(json.loads(self.mr("inspect", ref)))
+
+    def tag(self, source: str, target: str) -> Answer:
+        self.mr("tag", source, target)
+        return sorted(json.loads(self.mr("inspect", target))["tags"])
+
+    def rm(self, ref: str) -> Answer:
+        return self.mr("rm", ref).splitlines()
+
+    def configure(self, ref: str, context_size: int) -> Answer:
+        return self.mr("configure", ref, "--context-size", str(context_size)).strip()
+
+    def load(self, ref: str) -> Answer:
+        self.mr("run", ref, "hi")  # `run` loads the model (and answers the prompt)
+        return self.ps()
+
+    def ps(self) -> Answer:
+        rows = self.mr("ps").splitlines()[1:]
+        return sorted(row.split()[0] for row in rows)
+
+    def df(self) -> Answer:
+        return self.mr("df").strip()
+
+    def purge(self) -> Answer:
+        return self.mr("purge", "-f").strip()
+
+
+class MagicInterface(Interface):
+    """``%model`` in a real IPython shell on its in-kernel engine."""
+
+    name = "magics"
+
+    def __init__(self, engine: LocalEngine, shell: Any) -> None:
+        self.backing = engine
+        self.ip = shell
+
+    def model(self, line: str) -> tuple[Any, str]:
+        from IPython.utils.capture import capture_output
+
+        with capture_output() as captured:
+            value = self.ip.run_line_magic("model", line)
+        return value, captured.stdout
+
+    def list(self) -> Answer:
+        return _names(self.model("list")[0])
+
+    def inspect(self, ref: str) -> Answer:
+        return _inspected(self.model(f"inspect '{ref}'")[0])
+
+    def tag(self, source: str, target: str) -> Answer:
+        self.model(f"tag {source} {target}")
+        return sorted(self.model(f"inspect {target}")[0]["tags"])
+
+    def rm(self, ref: str) -> Answer:
+        return self.model(f"rm {ref}")[1].splitlines()
+
+    def configure(self, ref: str, context_size: int) -> Answer:
+        return self.model(f"configure {ref} --context-size {context_size}")[1].strip()
+
+    def load(self, ref: str) -> Answer:
+        self.model(f"run {ref}")
+        return self.ps()
+
+    def ps(self) -> Answer:
+        return _ps_names(self.model("ps")[0])
+
+    def df(self) -> Answer:
+        return repr(self.model("df")[0])
+
+    def purge(self) -> Answer:
+        return self.model("purge -f")[1].strip()
+
+
+class WidgetInterface(Interface):
+    """The model manager widget's actions (its buttons call these) on the engine a Jupyter kernel has: HTTP."""
+
+    name = "widgets"
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.backing = engine
+        self.remote = RemoteEngine(engine.serve())
+        self.widget = ModelManager(engine=self.remote, refresh_interval=0)
+
+    def act(self, future: Future[Any]) -> Any:
+        try:
+            return future.result(timeout=60)
+        except MrNotebookError:
+            text = self.widget.notice["text"]  # what the widget shows: "ClassName: message"
+            assert self.widget.notice["kind"] == "error", self.widget.notice
+            raise MrNotebookError(text.split(": ", 1)[1]) from None
+
+    def list(self) -> Answer:
+        self.widget.refresh()
+        return sorted(row["name"] for row in self.widget.rows)
+
+    def rm(self, ref: str) -> Answer:
+        return removal_lines(self.act(self.widget.remove(ref)))
+
+    def load(self, ref: str) -> Answer:
+        self.act(self.widget.load(ref))
+        return self.ps()
+
+    def ps(self) -> Answer:
+        self.widget.refresh()
+        return sorted(row["name"] for row in self.widget.rows if row["loaded"])
+
+    def df(self) -> Answer:
+        self.widget.refresh()
+        return df_record(self.widget.disk).text()
+
+    def close(self) -> None:
+        self.widget.close()
+        self.remote.close()
+
+
+#: What the widget has no control for (it shows a model's details and settings elsewhere: inspect, tag, configure
+#: and purge are magics/CLI/HTTP verbs).
+WIDGET_LACKS = {"inspect", "tag", "configure", "purge"}
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_factory: TinyModelFactory) -> dict[str, Path]:
+    return {TINY: tiny_model_factory(), LOOPER: tiny_model_factory(reply=LOOP, never_stop=True, context_length=8192)}
+
+
+def new_engine(tmp: Path, models: Mapping[str, Path]) -> LocalEngine:
+    store = Store(tmp)
+    for name, path in models.items():
+        store.import_gguf(path, name)
+    return LocalEngine(store, EngineSettings(keep_alive=300))
+
+
+def differences(got: dict[str, Answer], reference: dict[str, Answer]) -> dict[str, tuple[Answer, Answer]]:
+    """Case → (this interface's answer, the in-process engine's) where they differ."""
+    return {name: (answer, reference[name]) for name, answer in got.items() if answer != reference[name]}
+
+
+def answers(interface: Interface) -> dict[str, Answer]:
+    """Every case through ``interface``; what it has no control for is done through its engine, unrecorded, so the
+    later cases start from the same state."""
+    got = {}
+    for case in CASES:
+        if case.op in _lacks(interface):
+            EngineInterface(interface.backing).run(case)
+        else:
+            got[case.name] = interface.run(case)
+    return got
+
+
+def _lacks(interface: Interface) -> set[str]:
+    return WIDGET_LACKS if isinstance(interface, WidgetInterface) else set()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Iterator[dict[str, Answer]]:
+    """The in-process engine's answers, checked against EXPECTED."""
+    engine = new_engine(tmp_path_factory.mktemp("engine"), models)
+    try:
+        yield answers(EngineInterface(engine))
+    finally:
+        engine.close()
+
+
+def test_the_in_process_engine_follows_the_rules(reference: dict[str, Answer]) -> None:
+    wrong = {name: answer for name, answer in reference.items() if name in EXPECTED and not EXPECTED[name](answer)}
+    assert wrong == {}
+    assert reference["inspect"][1] == [TINY] and reference["inspect"][0].startswith("sha256:")
+
+
+@pytest.mark.parametrize("kind", ["http", "cli", "magics", "widgets"])
+def test_every_interface_gives_the_same_answers(
+    kind: str, reference: dict[str, Answer], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    engine = new_engine(tmp_path / "home", models)
+    interface: Interface
+    try:
+        if kind == "http":
+            interface = HttpInterface(engine)
+        elif kind == "cli":
+            interface = CliInterface(engine)
+        elif kind == "widgets":
+            interface = WidgetInterface(engine)
+        else:
+            with magic_shell(tmp_path / "home") as ip:
+                current.use(engine)  # the shell's engine is this one (magic_shell made its own)
+                got = answers(MagicInterface(engine, ip))
+            assert differences(got, reference) == {}
+            return
+        got = answers(interface)
+        if isinstance(interface, WidgetInterface):
+            interface.close()
+    finally:
+        engine.close()
+    assert set(got) == {c.name for c in CASES if c.op not in _lacks(interface)}
+    assert differences(got, reference) == {}

@@ -58,19 +58,12 @@ def connect(store_home: str | os.PathLike[str] | None = None, env: Mapping[str, 
         from mr_notebook.client.remote import RemoteEngine
 
         token = env.get("MR_NOTEBOOK_TOKEN") or env.get("MR_NOTEBOOK_API_KEY")
-        return RemoteEngine(
-            url,
-            token,
-            source="MR_NOTEBOOK_URL",
-            store_home=str(store_home) if store_home is not None else env.get("MR_NOTEBOOK_HOME"),
-        )
+        return RemoteEngine(url, token, source="MR_NOTEBOOK_URL")
     server = find_server(home, env)
     if server is not None:
         from mr_notebook.client.remote import RemoteEngine
 
-        return RemoteEngine(
-            server["url"], server["token"], source=f"runtime file {server['path']}", store_home=str(home)
-        )
+        return RemoteEngine(server["url"], server["token"], source=f"runtime file {server['path']}")
     from mr_notebook.client.local import LocalEngine
     from mr_notebook.settings import EngineSettings
     from mr_notebook.store import Store

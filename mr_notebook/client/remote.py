@@ -51,13 +51,11 @@ class RemoteEngine:
         token: str | None = None,
         *,
         source: str = "MR_NOTEBOOK_URL",
-        store_home: str | None = None,
         timeout: float = 10.0,
     ) -> None:
         self._url = url if url.endswith("/") else url + "/"
         self.token = token or None
         self.source = source
-        self._store_home = store_home
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(
             base_url=self._url,
