@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 from test_api_support import (
     LONG,
@@ -138,3 +139,29 @@ def test_start_in_thread_serves_the_kernel_runner(tmp_path: Path, tiny_model_fac
     finally:
         runner.close()
     assert Store(store.home).get(MODEL).name == MODEL
+
+
+def worker_pids(server: ServerProcess) -> set[int]:
+    found = set()
+    for child in psutil.Process(server.proc.pid).children():
+        try:
+            if "mr_notebook.engine.worker" in " ".join(child.cmdline()) and pid_alive(child.pid):
+                found.add(child.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_load_belongs_to_the_server_and_shutdown_ends_it(server: ServerProcess) -> None:
+    # A client that goes away during a streamed load does not cancel it: the model shows up in ps.
+    with httpx.stream("POST", server.url + "engines/load", json={"model": LONG, "stream": True}, timeout=60) as first:
+        assert json.loads(next(first.iter_lines()))["status"] == "loading"
+    wait_until(lambda: any(row["model"] == LONG for row in server.ps()), message="the load to finish")
+    # A shutdown while another model loads ends that worker too: no process outlives the server.
+    before = worker_pids(server)
+    with httpx.stream("POST", server.url + "engines/load", json={"model": MODEL, "stream": True}, timeout=60) as second:
+        assert json.loads(next(second.iter_lines()))["status"] == "loading"
+        wait_until(lambda: bool(worker_pids(server) - before), message="the worker to start")
+        pids = worker_pids(server)
+        assert server.stop() == 0
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), message="every worker to end")
