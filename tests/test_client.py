@@ -179,6 +179,10 @@ def test_store_verbs(engine: Engine, tiny_model_factory: TinyModelFactory) -> No
     assert engine.configure("ai/packaged:v2", context_size=256)["settings"] == {"context_size": 256}
     removal = engine.rm(["ai/packaged:v2"])
     assert removal == [{"Untagged": "ai/packaged:v2"}, {"Deleted": added["id"]}]
+    # Without the hard-link path a remote engine sends the bytes (POST /models/load): same model, same id.
+    sent = engine.package(str(tiny_model_factory(reply="Packaged.", seed=9)), "ai/sent:v1", link=False)
+    assert sent["id"] == added["id"] and sent["tags"] == ["ai/sent:v1"]
+    assert engine.rm(["ai/sent:v1"])[-1] == {"Deleted": added["id"]}
     usage = engine.df()
     assert usage["models"] == 3 and usage["total"] >= usage["blobs"] > 0
     with pytest.raises(ModelNotFound, match="pull"):

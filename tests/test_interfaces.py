@@ -22,13 +22,16 @@ import pytest
 
 import mr_notebook
 from mr_notebook import current
+from mr_notebook.client import PullSummary
 from mr_notebook.client.local import LocalEngine
 from mr_notebook.client.remote import RemoteEngine
 from mr_notebook.errors import MrNotebookError, error_for_code
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
+from mr_notebook.store.pull import PullProgress
 from mr_notebook.tables import configured_text, df_record, purged_text, removal_lines
 from mr_notebook.testing import TinyModelFactory
+from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.shell import magic_shell
 from mr_notebook.widgets import ModelManager
 
@@ -173,6 +176,8 @@ def test_the_shell_environment_does_not_reach_tests() -> None:
 
 LOOP = "one two three "
 TINY, LOOPER, ALIAS = "ai/tiny:latest", "ai/loop:latest", "ai/alias:v1"
+#: A GGUF repository of the local Hub (Hugging Face's protocol); stored under its normalized name.
+HUB_REF, PULLED = "hf.co/test/pulled-GGUF:Q8_0", "hf.co/test/pulled-gguf:Q8_0"
 
 
 @dataclass(frozen=True)
@@ -184,6 +189,8 @@ class Case:
 
 CASES = [
     Case("list", "list"),
+    Case("pull", "pull", (HUB_REF,)),
+    Case("pull what is there", "pull", (HUB_REF,)),
     Case("inspect", "inspect", (TINY,)),
     Case("inspect a missing model", "inspect", ("ai/missing:latest",)),
     Case("inspect a name that does not parse", "inspect", ("Bad Name!",)),
@@ -203,6 +210,8 @@ CASES = [
 #: What the rules say, whatever the interface (a few answers are fully known in advance).
 EXPECTED: dict[str, Callable[[Any], bool]] = {
     "list": lambda a: a == [LOOPER, TINY],
+    "pull": lambda a: a[0].startswith(f"Pulled {PULLED} (") and a[1] is True,  # progress was shown
+    "pull what is there": lambda a: a[0].startswith(f"Model {PULLED} is up to date"),
     "inspect a missing model": lambda a: a[0] == "error" and "pull ai/missing:latest" in a[1],
     "inspect a name that does not parse": lambda a: a[0] == "error" and "Bad Name!" in a[1],
     "tag": lambda a: a == [ALIAS, TINY],
@@ -213,8 +222,8 @@ EXPECTED: dict[str, Callable[[Any], bool]] = {
     "rm a busy model without force": lambda a: a[0] == "error" and "answering requests" in a[1],
     "rm a loaded idle model": lambda a: a[0] == f"Untagged: {TINY}" and a[1].startswith("Deleted: sha256:"),
     "ps": lambda a: a == [LOOPER],  # the removed model's worker was ended first; the busy one stayed
-    "df": lambda a: a.splitlines()[0].split() == ["Models", "1"],
-    "purge": lambda a: a.startswith("Deleted 1 model(s)") and "(unloaded 1 first)" in a,
+    "df": lambda a: a.splitlines()[0].split() == ["Models", "2"],
+    "purge": lambda a: a.startswith("Deleted 2 model(s)") and "(unloaded 1 first)" in a,
     "list after purge": lambda a: a == [],
 }
 
@@ -274,6 +283,11 @@ class EngineInterface(Interface):
     def list(self) -> Answer:
         return _names(self.engine.list())
 
+    def pull(self, ref: str) -> Answer:
+        events: list[PullProgress] = []
+        summary = self.engine.pull(ref, events.append)
+        return summary.message, any(e.status == "downloading" for e in events)
+
     def inspect(self, ref: str) -> Answer:
         return _inspected(self.engine.inspect(ref))
 
@@ -321,6 +335,14 @@ class HttpInterface(Interface):
     def list(self) -> Answer:
         return _names(self.call("GET", "models"))
 
+    def pull(self, ref: str) -> Answer:
+        with self.http.stream("POST", "models/create", json={"from": ref}) as response:
+            lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+        done = lines[-1]
+        assert done["type"] == "success", lines
+        summary = PullSummary(done["model"], done["already_present"], done["downloaded"])
+        return summary.message, any(line.get("status") == "downloading" for line in lines)
+
     def inspect(self, ref: str) -> Answer:
         found = self.call("GET", f"models/{quote(ref, safe='/:')}")
         return found if isinstance(found, tuple) else _inspected(found)
@@ -364,6 +386,7 @@ class CliInterface(Interface):
         from mr_notebook.cli import main
 
         out, err = io.StringIO(), io.StringIO()
+        self.stderr = err
         os.environ["MR_NOTEBOOK_URL"] = self.url  # undone after the test (conftest)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(argv))
@@ -375,6 +398,10 @@ class CliInterface(Interface):
 
     def list(self) -> Answer:
         return _names(json.loads(self.mr("list", "--json")))
+
+    def pull(self, ref: str) -> Answer:
+        message = self.mr("pull", ref).strip()
+        return message, "B/s" in self.stderr.getvalue()  # tqdm's bar, in bytes
 
     def inspect(self, ref: str) -> Answer:
         return _inspected(json.loads(self.mr("inspect", ref)))
@@ -418,10 +445,15 @@ class MagicInterface(Interface):
 
         with capture_output() as captured:
             value = self.ip.run_line_magic("model", line)
+        self.stderr = captured.stderr
         return value, captured.stdout
 
     def list(self) -> Answer:
         return _names(self.model("list")[0])
+
+    def pull(self, ref: str) -> Answer:
+        message = self.model(f"pull {ref}")[1].strip()
+        return message, "B/s" in self.stderr  # tqdm.auto's text bar outside a kernel
 
     def inspect(self, ref: str) -> Answer:
         return _inspected(self.model(f"inspect '{ref}'")[0])
@@ -472,6 +504,19 @@ class WidgetInterface(Interface):
         self.widget.refresh()
         return sorted(row["name"] for row in self.widget.rows)
 
+    def pull(self, ref: str) -> Answer:
+        seen: list[str] = []
+
+        def watch(change: dict[str, Any]) -> None:
+            seen.append(change["new"].get("status", ""))
+
+        self.widget.observe(watch, "pull_state")
+        try:
+            self.act(self.widget.pull(ref))
+        finally:
+            self.widget.unobserve(watch, "pull_state")
+        return self.widget.pull_state["message"], "downloading" in seen
+
     def rm(self, ref: str) -> Answer:
         return removal_lines(self.act(self.widget.remove(ref)))
 
@@ -512,11 +557,18 @@ def models(tiny_model_factory: TinyModelFactory) -> dict[str, Path]:
     return {TINY: tiny_model_factory(), LOOPER: tiny_model_factory(reply=LOOP, never_stop=True, context_length=8192)}
 
 
-def new_engine(tmp: Path, models: Mapping[str, Path]) -> LocalEngine:
+@pytest.fixture(scope="module")
+def hub(tiny_model_factory: TinyModelFactory) -> Iterator[LocalHub]:
+    with LocalHub() as hub:
+        hub.add_repo("test/pulled-GGUF", {"pulled-Q8_0.gguf": tiny_model_factory(reply="Pulled!", seed=3)})
+        yield hub
+
+
+def new_engine(tmp: Path, models: Mapping[str, Path], hub: LocalHub) -> LocalEngine:
     store = Store(tmp)
     for name, path in models.items():
         store.import_gguf(path, name)
-    return LocalEngine(store, EngineSettings(keep_alive=300))
+    return LocalEngine(store, EngineSettings(keep_alive=300), env={"HF_ENDPOINT": hub.url})
 
 
 def differences(got: dict[str, Answer], reference: dict[str, Answer]) -> dict[str, tuple[Answer, Answer]]:
@@ -541,9 +593,11 @@ def _lacks(interface: Interface) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Iterator[dict[str, Answer]]:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path], hub: LocalHub
+) -> Iterator[dict[str, Answer]]:
     """The in-process engine's answers, checked against EXPECTED."""
-    engine = new_engine(tmp_path_factory.mktemp("engine"), models)
+    engine = new_engine(tmp_path_factory.mktemp("engine"), models, hub)
     try:
         yield answers(EngineInterface(engine))
     finally:
@@ -558,9 +612,9 @@ def test_the_in_process_engine_follows_the_rules(reference: dict[str, Answer]) -
 
 @pytest.mark.parametrize("kind", ["http", "cli", "magics", "widgets"])
 def test_every_interface_gives_the_same_answers(
-    kind: str, reference: dict[str, Answer], tmp_path: Path, models: dict[str, Path]
+    kind: str, reference: dict[str, Answer], tmp_path: Path, models: dict[str, Path], hub: LocalHub
 ) -> None:
-    engine = new_engine(tmp_path / "home", models)
+    engine = new_engine(tmp_path / "home", models, hub)
     interface: Interface
     try:
         if kind == "http":

@@ -94,15 +94,14 @@ class LocalEngine:
         return str(self._server.url) if self._server is not None else None
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Expose this engine over HTTP from its loop thread (``%model serve``); returns its URL."""
+        """Expose this engine over HTTP from its loop thread (``%model serve``): the same service, rules and
+        workers answer the magics and the endpoint. Returns its URL."""
         sync = self.service
-        runner = self._runner()
         with self._lock:
             if self._server is None:
                 from mr_notebook.api.standalone import start_in_thread
 
-                # start_in_thread takes a SyncRunner today; _Served has what it uses (runner, loop, call).
-                self._server = start_in_thread(_Served(sync, runner), self.store, host, port)  # type: ignore[arg-type]
+                self._server = start_in_thread(sync, self.store, host, port)
                 log.info("in-kernel engine serving at %s", self._server.url)
             return str(self._server.url)
 
@@ -326,12 +325,3 @@ class _Reasoning:
             self.sink(piece, logprobs, "")
         else:
             self.sink("", logprobs, piece)
-
-
-class _Served:
-    """What ``start_in_thread`` serves: the service's started Runner, on the service's loop."""
-
-    def __init__(self, sync: SyncService, runner: Runner) -> None:
-        self.runner = runner
-        self.loop = sync.loop
-        self.call = sync.call
