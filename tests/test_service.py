@@ -30,6 +30,7 @@ from mr_notebook.errors import (
     error_for_code,
 )
 from mr_notebook.service import LoadedModel, ModelService, Progress, Removal, SyncService
+from mr_notebook.service.upload import FLUSH_SIZE
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
@@ -237,6 +238,13 @@ async def test_upload_streams_hashes_and_publishes_only_a_whole_gguf(
             await service.inspect(name)
     assert {p.name for p in store.blobs_dir.iterdir()} == before
     assert list((store.home / "uploads").glob("*.part")) == []
+    # A server killed mid-upload leaves its partial file: prune deletes it, but never one being received.
+    (store.home / "uploads" / "left.part").write_bytes(b"GGUF" + b"\0" * 1000)
+    running = service.upload("me/running")
+    await running.write(data * (FLUSH_SIZE // len(data) + 1))  # past the buffer: on disk now
+    assert (await service.prune()).to_json() == {"files": 1, "bytes": 1004}
+    assert [p.name for p in (store.home / "uploads").glob("*.part")] == [running.path.name]
+    await running.abort()
 
 
 async def test_package_hard_links_a_file_on_the_same_filesystem(

@@ -8,9 +8,10 @@ symlinks: sizes come from ``lstat`` (a reference takes no space here) and deleti
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import Timeout
+from filelock import FileLock, Timeout
 
 from mr_notebook.errors import StoreError
 from mr_notebook.store.links import remove_links
@@ -46,12 +47,33 @@ def prune(store: Store) -> dict[str, int]:
             reclaimed += size
         for path in store.models_dir.glob(".*.tmp"):
             path.unlink(missing_ok=True)
+        files, size = _abandoned_uploads(store)
+        removed += files
+        reclaimed += size
         _forget_missing(store)
         ids = {store._hex(model_id) for model_id in index.values()}
         for folder in list(store.links_dir.iterdir()) if store.links_dir.is_dir() else []:
             if folder.name not in ids:  # a removed model's, or a half-built one (links take no space)
                 remove_links(folder)
     return {"files": removed, "bytes": reclaimed}
+
+
+def _abandoned_uploads(store: Store) -> tuple[int, int]:
+    """Delete uploads (``POST /models/load``) whose server went away mid-transfer; running ones hold their lock."""
+    removed = reclaimed = 0
+    folder = store.home / "uploads"
+    for part in list(folder.glob("*.part")) if folder.is_dir() else []:
+        lock = FileLock(f"{part}.lock", timeout=0)
+        try:
+            with lock:
+                size = part.lstat().st_size
+                part.unlink()
+        except (Timeout, FileNotFoundError):
+            continue
+        Path(lock.lock_file).unlink(missing_ok=True)
+        removed += 1
+        reclaimed += size
+    return removed, reclaimed
 
 
 def _forget_missing(store: Store) -> None:
@@ -89,6 +111,7 @@ def purge(store: Store) -> dict[str, int]:
             except (Timeout, StoreError):
                 kept += path.lstat().st_size  # a pull is writing it
         _forget_missing(store)
+        _abandoned_uploads(store)
     return {"models": usage["models"], "bytes": usage["blobs"] + usage["partials"] - kept}
 
 
