@@ -95,7 +95,23 @@ MISSPELLED = "ai/misspelled-tools:latest"
 TAG_REPLY = 'Let me check. <|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}'
 MISTRAL_TAG_REPLY = f"Sure. [TOOL_CALLS][{CALL}]"
 MISSPELLED_REPLY = 'Sure. <tool_call>\n{"name": "pong", "arguments": {}}\n</tool_call>'
+#: gpt-oss: harmony channels (control tokens) for reasoning, answer and calls; the template only mentions them.
+GPT_OSS = "ai/gpt-oss-tiny:latest"
+GPT_OSS_TOOLS = "ai/gpt-oss-tools:latest"
+#: <|return|> and <|call|> in the vocabulary make llama.cpp treat <|end|> as the end of a message, not of the answer.
+HARMONY_CONTROLS = ("<|channel|>", "<|message|>", "<|start|>", "<|end|>", "<|constrain|>", "<|return|>", "<|call|>")
+HARMONY_TEMPLATE = "{#- gpt-oss: <|channel|>analysis / final / commentary -#}" + CHATML_TEMPLATE
+GPT_OSS_REPLY = (
+    "<|channel|>analysis<|message|>The user wants the weather.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>It is sunny in Paris."
+)
+GPT_OSS_CALL = (
+    "<|channel|>analysis<|message|>I need the weather tool.<|end|><|start|>assistant<|channel|>commentary "
+    'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+)
 CONTROL_MODELS = {
+    GPT_OSS: (GPT_OSS_REPLY, HARMONY_TEMPLATE, HARMONY_CONTROLS),
+    GPT_OSS_TOOLS: (GPT_OSS_CALL, HARMONY_TEMPLATE, HARMONY_CONTROLS),
     LLAMA3_TAG: (TAG_REPLY, LLAMA3_TEMPLATE, ("<|python_tag|>",)),
     MISTRAL_TAG: (MISTRAL_TAG_REPLY, MISTRAL_TEMPLATE, ("[TOOL_CALLS]",)),
     MISSPELLED: (MISSPELLED_REPLY, HERMES_TEMPLATE, ()),

@@ -15,6 +15,11 @@ from test_protocol_support import (
     ANSWERER,
     EFFORT,
     GENERIC,
+    GPT_OSS,
+    GPT_OSS_CALL,
+    GPT_OSS_REPLY,
+    GPT_OSS_TOOLS,
+    HARMONY_TEMPLATE,
     HERMES,
     HERMES_REPLY,
     LLAMA3,
@@ -34,6 +39,7 @@ from test_protocol_support import (
     weather,
 )
 
+from mr_notebook.api.harmony import HarmonySplitter
 from mr_notebook.api.tools import (
     Splitter,
     call_format,
@@ -42,6 +48,7 @@ from mr_notebook.api.tools import (
     parse_tool_choice,
     parse_tools,
     template_opens_think,
+    template_thinks,
 )
 from mr_notebook.errors import InvalidRequest
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
@@ -138,6 +145,25 @@ def test_reasoning_split(step: int) -> None:
         "use a tool",
         [("get_weather", {"city": "Paris"})],
     )
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 1000])
+def test_gpt_oss_channels_split(step: int) -> None:
+    def run(text: str, tools: dict[str, dict[str, object]] | None) -> tuple[str, str, list[tuple[str, dict]]]:
+        splitter = HarmonySplitter(tools)  # type: ignore[arg-type]
+        pieces = [p for i in range(0, len(text), step) for p in splitter.feed(text[i : i + step])]
+        rest, calls = splitter.finish()
+        pieces += rest
+        kinds = {k: "".join(t for kind, t in pieces if kind == k) for k in ("content", "reasoning")}
+        return kinds["content"], kinds["reasoning"], [(c.name, c.arguments) for c in calls]
+
+    assert run(GPT_OSS_REPLY, None) == ("It is sunny in Paris.", "The user wants the weather.", [])
+    assert run(GPT_OSS_CALL, TOOLS) == ("", "I need the weather tool.", [("get_weather", {"city": "Paris"})])
+    # Without tools offered, or with arguments that do not parse, a commentary body is content, never an error.
+    assert run(GPT_OSS_CALL, None)[0] == '{"city": "Paris"}'
+    assert run(GPT_OSS_CALL.replace('"Paris"}', '"Par'), TOOLS)[0] == '{"city": "Par'
+    assert run("Just text, no channels.", None) == ("Just text, no channels.", "", [])
+    assert detect_family(HARMONY_TEMPLATE) == "gpt_oss" and template_thinks(HARMONY_TEMPLATE)
 
 
 def test_thinking_templates() -> None:
@@ -297,6 +323,34 @@ def test_auto_calls_are_held_to_the_offered_tools_by_a_lazy_grammar(server: Serv
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip() == "Sure."
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     # Every family's calls still come out exactly as the model writes them (test_openai_sdk_gets_tool_calls…).
+
+
+def test_gpt_oss_channels_over_the_apis(server: ServerProcess) -> None:
+    c = client(server)
+    # The channel markers are control tokens: the engine keeps them for a harmony template, the API splits them.
+    answer = c.chat.completions.create(model=GPT_OSS, messages=ASK).choices[0].message
+    assert answer.content == "It is sunny in Paris."
+    assert (answer.model_extra or {}).get("reasoning_content") == "The user wants the weather."
+    chunks = list(c.chat.completions.create(model=GPT_OSS, messages=ASK, stream=True))
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join(d.content or "" for d in deltas) == "It is sunny in Paris."
+    assert (
+        "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "The user wants the weather."
+    )
+    called = c.chat.completions.create(model=GPT_OSS_TOOLS, messages=ASK, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    assert called.choices[0].finish_reason == "tool_calls" and not called.choices[0].message.content
+    (call,) = called.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    thinking = httpx.post(
+        server.url + "api/chat", json={"model": GPT_OSS, "messages": ASK, "stream": False}, timeout=60
+    )
+    assert thinking.json()["message"] == {
+        "role": "assistant",
+        "content": "It is sunny in Paris.",
+        "thinking": "The user wants the weather.",
+    }
+    raw = c.chat.completions.create(model=GPT_OSS, messages=ASK, extra_body={"reasoning_format": "none"})
+    assert raw.choices[0].message.content == GPT_OSS_REPLY  # reasoning_format none: the text as generated
 
 
 def test_two_step_tool_loop(server: ServerProcess) -> None:

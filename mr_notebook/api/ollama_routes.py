@@ -365,7 +365,7 @@ class GenerateHandler(_OllamaGeneration):
         messages.append({"role": "user", "content": prompt})
         think = body.get("think")
         turn = TurnRequest(model, openai_body(body, messages), reasoning="drop" if think is False else "split")
-        params = engine_params(self.ctx, turn)
+        params = engine_params(self.ctx, turn, await model_traits(self.ctx, self.settings, model))
         await self.load_first(model, params.keep_alive, num_ctx(body))
         if raw:
             text = await fill_in_the_middle(runner, model, prompt, suffix) if suffix else prompt

@@ -23,6 +23,8 @@ from typing import Any
 from mr_notebook.errors import InvalidRequest
 
 FAMILIES = ("hermes", "qwen3_xml", "llama3", "mistral", "generic")
+#: gpt-oss (harmony channels): parsed by api/harmony.py, not by the Splitter below.
+HARMONY = "gpt_oss"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 #: Text that starts a tool call, per family.
@@ -41,6 +43,8 @@ _JSON_START = frozenset({"llama3", "mistral", "generic"})
 def detect_family(template: str | None) -> str:
     """The tool-call format of a model, from its chat template."""
     text = template or ""
+    if "<|channel|>" in text:
+        return HARMONY
     if "<tool_call>" in text and ("<function=" in text or "<parameter=" in text):
         return "qwen3_xml"
     if "<tool_call>" in text:
@@ -53,8 +57,9 @@ def detect_family(template: str | None) -> str:
 
 
 def template_thinks(template: str | None) -> bool:
-    """Whether the template knows reasoning blocks (Qwen 3, DeepSeek R1 distills …)."""
-    return THINK_OPEN in (template or "") or THINK_CLOSE in (template or "") or "enable_thinking" in (template or "")
+    """Whether the template knows reasoning blocks (Qwen 3, DeepSeek R1 distills, gpt-oss channels …)."""
+    text = template or ""
+    return THINK_OPEN in text or THINK_CLOSE in text or "enable_thinking" in text or "<|channel|>" in text
 
 
 def template_opens_think(template: str | None) -> bool:
@@ -168,6 +173,8 @@ def lazy_grammar(family: str, tools: dict[str, dict[str, Any]], parallel: bool, 
             tool: [str(k) for k in schema["properties"]] if isinstance(schema.get("properties"), dict) else []
             for tool, schema in tools.items()
         }
+    if family == HARMONY:
+        spec["grammar"] = False  # channels and recipients: the markers are what the parser needs
     if family == "mistral" and "[ARGS]" in template:
         spec["grammar"] = False  # NAME[ARGS]{…} calls: markers shown, no grammar (not JSON the converter writes)
     return spec

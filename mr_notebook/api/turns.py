@@ -17,6 +17,7 @@ import tornado.web
 
 from mr_notebook.api import tools as toolkit
 from mr_notebook.api.base import describe_error
+from mr_notebook.api.harmony import HarmonySplitter
 from mr_notebook.api.tools import parse_tool_choice, parse_tools
 from mr_notebook.engine import Chunk, GenerationParams, Runner, Usage
 from mr_notebook.errors import InvalidRequest
@@ -191,8 +192,17 @@ def engine_params(ctx: ApiContext, turn: TurnRequest, traits: ModelTraits | None
     if turn.choice == "none":
         body.pop("tools", None)  # the template then does not offer them (llama.cpp does the same)
     params = GenerationParams.from_request(body)
-    if turn.tools and turn.choice == "auto" and traits is not None and traits is not REMOTE_TRAITS:
+    if traits is None or traits is REMOTE_TRAITS:
+        return _capped(ctx, params)
+    if turn.tools and turn.choice == "auto":
         params.tool_grammar = toolkit.lazy_grammar(traits.family, turn.tools, turn.parallel, traits.template)
+    elif traits.family == toolkit.HARMONY:
+        params.tool_grammar = {"family": toolkit.HARMONY, "grammar": False}  # channels shown for every answer
+    return _capped(ctx, params)
+
+
+def _capped(ctx: ApiContext, params: GenerationParams) -> GenerationParams:
+    """``params`` with ``max_tokens`` held to the host's cap (``c.MrNotebook.max_tokens``)."""
     cap = ctx.limits.max_tokens
     if cap is not None and (params.max_tokens is None or params.max_tokens > cap):
         params.max_tokens = cap
@@ -236,13 +246,17 @@ class _Choice:
     def __init__(self, index: int, turn: TurnRequest, traits: ModelTraits) -> None:
         reasoning = turn.reasoning != "raw" and traits.thinks
         self.index, self.turn, self.ended = index, turn, False
-        self.splitter = toolkit.Splitter(
-            family=traits.family if turn.tools and turn.choice != "none" else None,
-            tools=turn.tools,
-            reasoning=reasoning,
-            think_open=reasoning and traits.think_open,
-            json_calls=turn.choice == "required",
-        )
+        self.splitter: toolkit.Splitter | HarmonySplitter
+        if traits.family == toolkit.HARMONY and turn.reasoning != "raw" and turn.choice != "required":
+            self.splitter = HarmonySplitter(turn.tools if turn.choice != "none" else None)
+        else:
+            self.splitter = toolkit.Splitter(
+                family=traits.family if turn.tools and turn.choice != "none" else None,
+                tools=turn.tools,
+                reasoning=reasoning,
+                think_open=reasoning and traits.think_open,
+                json_calls=turn.choice == "required",
+            )
         self.logprobs: list[dict[str, Any]] | None = None
 
     def events(self, pieces: list[tuple[str, str]]) -> list[TurnEvent]:

@@ -42,6 +42,8 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "llama3": ("<|python_tag|>",),
     "mistral": ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
     "generic": (_OPEN, _CLOSE),
+    # gpt-oss: channels tell reasoning, answer and calls apart (kept for every answer, tools or not).
+    "gpt_oss": ("<|channel|>", "<|message|>", "<|start|>", "<|end|>", "<|constrain|>"),
 }
 
 
