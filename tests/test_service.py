@@ -5,6 +5,7 @@ Real store, real worker processes on tiny generated models; the HTTP routes are 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import time
@@ -293,3 +294,18 @@ def test_the_error_table_lists_every_error_class_once_in_both_directions() -> No
     assert type(error_for_code(None, "bad", 422)) is InvalidRequest
     unknown = error_for_code("teapot", "odd", 503)
     assert type(unknown) is MrNotebookError and unknown.http_status == 503
+
+
+def test_no_user_visible_error_class_lives_outside_errors_py() -> None:
+    root = Path(errors.__file__).parent
+    ours = {cls.__name__ for cls in ERRORS}
+    outside = []
+    for path in root.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+                if bases & ours:
+                    outside.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    assert outside == []

@@ -17,14 +17,14 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from mr_notebook.braces import resolve, substitute
-from mr_notebook.errors import MrNotebookError
+from mr_notebook.errors import MrNotebookError, ReplyNotJSON
 from mr_notebook.kernel.context import error_prompt, first_code_block, preview
 from mr_notebook.kernel.display import StreamView, rich_frontend, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, chat_parser, split
 from mr_notebook.kernel.reply import Reply
 from mr_notebook.kernel.state import KernelState
 from mr_notebook.workflows.provenance import ProvenanceSource
-from mr_notebook.workflows.schema import Parser, ReplyNotJSON, json_object, response_format
+from mr_notebook.workflows.schema import Parser, json_object, response_format
 
 __all__ = ["ChatReply", "GenerationStopped", "ReplyNotJSON", "chat_cell", "stream_reply"]
 

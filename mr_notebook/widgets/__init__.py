@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mr_notebook.errors import PullRunning
-from mr_notebook.widgets.chat import ChatBusy, ChatWidget
+from mr_notebook.errors import ChatBusy, PullRunning
+from mr_notebook.widgets.chat import ChatWidget
 from mr_notebook.widgets.manager import ModelManager
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import anywidget
 import traitlets
 
 from mr_notebook.conversation import Conversation, compact_logprobs, reply_entry
-from mr_notebook.errors import InvalidRequest, MrNotebookError
+from mr_notebook.errors import ChatBusy, InvalidRequest, MrNotebookError
 from mr_notebook.store.refs import normalize
 from mr_notebook.widgets._common import (
     MARKDOWN_LIBRARIES,
@@ -42,13 +42,6 @@ log = logging.getLogger(__name__)
 
 #: Alternatives asked for per token in the token view (as ``%%chat --logprobs``).
 TOP_LOGPROBS = 5
-
-
-class ChatBusy(MrNotebookError, RuntimeError):
-    """A message was sent while the previous reply is still streaming."""
-
-    http_status = 409
-    code = "chat_busy"
 
 
 class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]

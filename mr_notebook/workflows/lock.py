@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mr_notebook.digests import short_id
-from mr_notebook.errors import ModelNotFound, MrNotebookError, PullError
+from mr_notebook.errors import LockError, ModelNotFound, MrNotebookError, PullError
 from mr_notebook.store.refs import parse_ref
 
 if TYPE_CHECKING:
@@ -28,13 +28,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LOCK = "mr-notebook.lock"
 LOCK_VERSION = 1
-
-
-class LockError(MrNotebookError, ValueError):
-    """A lock file that cannot be read, or a store that does not match it."""
-
-    code = "lock_mismatch"
-    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from mr_notebook.errors import MrNotebookError
+from mr_notebook.errors import MrNotebookError, ReplyNotJSON
 
 #: Turns the reply text into the value the caller gets (dict, list, pydantic instance …); raises ReplyNotJSON.
 Parser = Callable[[str], Any]
-
-
-class ReplyNotJSON(MrNotebookError, ValueError):
-    """A reply was asked for as JSON (``--json``, ``--schema``, ``map(schema=…)``) and does not parse."""
-
-    code = "reply_not_json"
-    http_status = 502
 
 
 def _is_typeddict(value: Any) -> bool:
