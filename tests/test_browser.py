@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,9 +311,9 @@ def test_chat_and_manager_in_jupyterlab(lab: Lab, page: Page) -> None:
 LIVE = "img, script, iframe, svg, object, embed, a[href^='javascript' i]"
 
 
-def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None:
-    """A model answering with XSS payloads (issue 10): %%chat, %model run "prompt" and the chat widget show
-    the text, formatted, and nothing in it runs (the outputs are trusted, as after running a cell)."""
+def script_watch(page: Page) -> Callable[[Locator], None]:
+    """Watch ``page`` for the payloads' effects; the returned check fails if any script ran (``__pwned`` set, a
+    dialog opened) or ``where`` holds a live element."""
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
 
@@ -323,10 +323,22 @@ def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None
         assert (page.evaluate("() => window.__pwned ?? null"), dialogs) == (None, [])
         assert where.locator(LIVE).count() == 0
 
-    # Its own workspace: the default one would also reopen the other test's notebook, with its cells.
-    page.goto(f"{lab.url}/lab/workspaces/security/tree/security.ipynb?token={lab.token}")
+    return nothing_ran
+
+
+def open_notebook(lab: Lab, page: Page, name: str) -> None:
+    """Open NAME.ipynb (4 cells) in a workspace of its own (the default one would also reopen another test's
+    notebook, with its cells) and wait for its kernel."""
+    page.goto(f"{lab.url}/lab/workspaces/{name}/tree/{name}.ipynb?token={lab.token}")
     expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(4)
     expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible()
+
+
+def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None:
+    """A model answering with XSS payloads (issue 10): %%chat, %model run "prompt" and the chat widget show
+    the text, formatted, and nothing in it runs (the outputs are trusted, as after running a cell)."""
+    nothing_ran = script_watch(page)
+    open_notebook(lab, page, "security")
     for index in (0, 1, 2):
         cell = page.locator(".jp-Cell").nth(index)
         run_cell(page, index)
@@ -358,17 +370,8 @@ def test_model_replies_run_no_script_in_jupyterlab(lab: Lab, page: Page) -> None
 def test_reasoning_and_token_view_in_jupyterlab(lab: Lab, page: Page) -> None:
     """Reasoning collapsed above the answer (%%chat and the widget) and the widget's token view, through the
     server's engine: the reasoning and every token are the XSS payload, shown as text, and nothing runs."""
-    dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-
-    def nothing_ran(where: Locator) -> None:
-        page.wait_for_timeout(500)
-        assert (page.evaluate("() => window.__pwned ?? null"), dialogs) == (None, [])
-        assert where.locator(LIVE).count() == 0
-
-    page.goto(f"{lab.url}/lab/workspaces/reasoning/tree/reasoning.ipynb?token={lab.token}")
-    expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(4)
-    expect(page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"Python 3.*\| Idle"))).to_be_visible()
+    nothing_ran = script_watch(page)
+    open_notebook(lab, page, "reasoning")
     run_cell(page, 0)
     expect(page.locator(".jp-Cell").nth(0).locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
 
