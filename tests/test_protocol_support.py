@@ -109,7 +109,11 @@ GPT_OSS_CALL = (
     "<|channel|>analysis<|message|>I need the weather tool.<|end|><|start|>assistant<|channel|>commentary "
     'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
 )
+#: A thinking Hermes model that writes a call inside its reasoning, then answers in words.
+THINK_TOOLS = "ai/think-tools:latest"
+THINK_TOOLS_REPLY = '<think>Maybe <tool_call>\n{"name": "pong", "arguments": {}}\n</tool_call> no.</think>Hello there!'
 CONTROL_MODELS = {
+    THINK_TOOLS: (THINK_TOOLS_REPLY, _TOOLS_SYSTEM + THINK_TEMPLATE, ()),
     GPT_OSS: (GPT_OSS_REPLY, HARMONY_TEMPLATE, HARMONY_CONTROLS),
     GPT_OSS_TOOLS: (GPT_OSS_CALL, HARMONY_TEMPLATE, HARMONY_CONTROLS),
     LLAMA3_TAG: (TAG_REPLY, LLAMA3_TEMPLATE, ("<|python_tag|>",)),

@@ -32,6 +32,7 @@ from test_protocol_support import (
     QWEN3,
     THINK_REPLY,
     THINK_TEMPLATE,
+    THINK_TOOLS,
     THINKER,
     TIME_TOOL,
     TOOL_MODELS,
@@ -323,6 +324,10 @@ def test_auto_calls_are_held_to_the_offered_tools_by_a_lazy_grammar(server: Serv
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices).strip() == "Sure."
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     # Every family's calls still come out exactly as the model writes them (test_openai_sdk_gets_tool_calls…).
+    # A model that reasons: a call written inside <think> … </think> does not switch the grammar on.
+    thought = c.chat.completions.create(model=THINK_TOOLS, messages=ASK, **options)
+    assert thought.choices[0].finish_reason == "stop" and thought.choices[0].message.content == "Hello there!"
+    assert '"pong"' in (thought.choices[0].message.model_extra or {})["reasoning_content"]
 
 
 def test_gpt_oss_channels_over_the_apis(server: ServerProcess) -> None:

@@ -157,7 +157,9 @@ def call_format(tools: dict[str, dict[str, Any]], name: str | None, parallel: bo
     return {"type": "json_schema", "json_schema": {"name": "tool_calls", "schema": schema}}
 
 
-def lazy_grammar(family: str, tools: dict[str, dict[str, Any]], parallel: bool, template: str) -> dict[str, Any]:
+def lazy_grammar(
+    family: str, tools: dict[str, dict[str, Any]], parallel: bool, template: str, thinks: bool = False
+) -> dict[str, Any]:
     """What the worker needs for ``tool_choice`` auto (engine/llama/tool_grammar.py builds the grammar).
 
     Free text until the family's opening marker, then only calls of ``tools`` in the family's syntax; the
@@ -166,6 +168,7 @@ def lazy_grammar(family: str, tools: dict[str, dict[str, Any]], parallel: bool, 
     spec: dict[str, Any] = {
         "family": family,
         "parallel": parallel,
+        "thinks": thinks,  # a call counts only outside <think> … </think>
         "call": call_schema(tools, key="parameters" if family == "llama3" else "arguments"),
     }
     if family == "qwen3_xml":

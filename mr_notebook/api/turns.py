@@ -195,7 +195,9 @@ def engine_params(ctx: ApiContext, turn: TurnRequest, traits: ModelTraits | None
     if traits is None or traits is REMOTE_TRAITS:
         return _capped(ctx, params)
     if turn.tools and turn.choice == "auto":
-        params.tool_grammar = toolkit.lazy_grammar(traits.family, turn.tools, turn.parallel, traits.template)
+        params.tool_grammar = toolkit.lazy_grammar(
+            traits.family, turn.tools, turn.parallel, traits.template, thinks=traits.thinks
+        )
     elif traits.family == toolkit.HARMONY:
         params.tool_grammar = {"family": toolkit.HARMONY, "grammar": False}  # channels shown for every answer
     return _capped(ctx, params)

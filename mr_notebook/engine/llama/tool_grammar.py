@@ -32,7 +32,8 @@ _WS = "[ \\t\\n]{0,8}"  # GBNF and ECMAScript alike: the whitespace allowed arou
 _JSON_SEP = "[ \\t\\n,;]{0,4}"  # between bare JSON calls
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 #: A bare JSON call at the very start of the answer, up to the quote that opens the tool's name.
-_BARE_START = '^[ \\t\\n]{0,8}(\\{ ?"name" ?: ?"?)$'
+_BARE_OPENING = '(\\{ ?"name" ?: ?"?)'
+_BARE_START = "^[ \\t\\n]{0,8}" + _BARE_OPENING + "$"
 #: The start of a JSON call object, as the converter's grammar spells it ("{", an optional space, a quote).
 _OBJECT_START = '\\{ ?"?'
 #: Control tokens that spell a call, per family: shown as text while tools are offered (the parser needs them).
@@ -63,9 +64,23 @@ def literal(text: str) -> str:
     return '"' + escaped.replace("\t", "\\t") + '"'
 
 
-def _marker_trigger(marker: str, tail: str = "") -> str:
-    """The marker, whitespace, and optionally the start of what follows (a token may carry both)."""
-    return "(" + re.escape(marker) + _WS + (f"(?:{tail})?" if tail else "") + ")$"
+def _marker(marker: str, tail: str = "") -> str:
+    """The marker, whitespace, and optionally the start of what follows (a token may carry both), captured."""
+    return "(" + re.escape(marker) + _WS + (f"(?:{tail})?" if tail else "") + ")"
+
+
+def _patterns(openings: list[str], bare: bool, thinks: bool) -> list[str]:
+    """Trigger patterns: each opening at the end of the text so far (llama.cpp searches the whole text).
+
+    For a model that reasons in ``<think>`` blocks a marker counts only at the start of the answer or right
+    after ``</think>`` (as llama.cpp's own patterns), so a call written inside the reasoning does not switch
+    the grammar on. A pattern with both ``^`` and ``$`` is matched against the whole text, so it is short by
+    construction: no pattern runs over the whole answer (libstdc++'s regex recurses once per character).
+    """
+    if not thinks:
+        return [o + "$" for o in openings] + ([_BARE_START] if bare else [])
+    every = [*openings, _BARE_OPENING] if bare else openings
+    return [f"^{_WS}{o}$" for o in every] + [f"</think>{_WS}{o}$" for o in every]
 
 
 def _json_rules(call_schema: dict[str, Any]) -> str:
@@ -95,6 +110,12 @@ def _xml_rules(params: dict[str, list[str]]) -> str:
 
 def _grammar(spec: dict[str, Any]) -> tuple[str, list[str]]:
     """The wrapper grammar of a family and its trigger patterns."""
+    text, openings, bare = _family_grammar(spec)
+    return text, _patterns(openings, bare, bool(spec.get("thinks")))
+
+
+def _family_grammar(spec: dict[str, Any]) -> tuple[str, list[str], bool]:
+    """The wrapper grammar, the openings that start a call, and whether a bare JSON reply is one."""
     family, parallel = spec["family"], bool(spec.get("parallel"))
     rules = [f"mr-tc-ws ::= {_WS}"]
     if family == "qwen3_xml":
@@ -102,24 +123,24 @@ def _grammar(spec: dict[str, Any]) -> tuple[str, list[str]]:
         call = f'"{_OPEN}" mr-tc-ws "<function=" mr-tc-fn "</function>" mr-tc-ws "{_CLOSE}"'
         rules.append(f"mr-tc-call ::= {call}")
         rules.append(f"{TOOLS_ROOT} ::= {_repeat('mr-tc-call', 'mr-tc-ws', parallel)}")
-        return "\n".join(rules), [_marker_trigger(_OPEN, "<")]
+        return "\n".join(rules), [_marker(_OPEN, "<")], False
     rules.insert(0, _json_rules(spec["call"]))
     if family in ("hermes", "generic"):
         rules.append(f'mr-tc-call ::= "{_OPEN}" mr-tc-ws root mr-tc-ws "{_CLOSE}"')
         wrapped = _repeat("mr-tc-call", "mr-tc-ws", parallel)
         if family == "hermes":
             rules.append(f"{TOOLS_ROOT} ::= {wrapped}")
-            return "\n".join(rules), [_marker_trigger(_OPEN, _OBJECT_START)]
+            return "\n".join(rules), [_marker(_OPEN, _OBJECT_START)], False
         rules.append(f"{TOOLS_ROOT} ::= {wrapped} | {_repeat('root', _JSON_SEP, parallel)}")
-        return "\n".join(rules), [_marker_trigger(_OPEN, _OBJECT_START), _BARE_START]
+        return "\n".join(rules), [_marker(_OPEN, _OBJECT_START)], True
     if family == "llama3":
         bare = _repeat("root", _JSON_SEP, parallel)
         rules.append(f'{TOOLS_ROOT} ::= "<|python_tag|>" mr-tc-ws {bare} | {bare}')
-        return "\n".join(rules), [_marker_trigger("<|python_tag|>", _OBJECT_START), _BARE_START]
+        return "\n".join(rules), [_marker("<|python_tag|>", _OBJECT_START)], True
     if family == "mistral":
         calls = _repeat("root", 'mr-tc-ws "," mr-tc-ws', parallel)
         rules.append(f'{TOOLS_ROOT} ::= "[TOOL_CALLS]" mr-tc-ws "[" mr-tc-ws {calls} mr-tc-ws "]"')
-        return "\n".join(rules), [_marker_trigger("[TOOL_CALLS]", "\\[ ?(?:" + _OBJECT_START + ")?")]
+        return "\n".join(rules), [_marker("[TOOL_CALLS]", "\\[ ?(?:" + _OBJECT_START + ")?")], False
     raise ValueError(f"no tool grammar for family {family!r}")
 
 
