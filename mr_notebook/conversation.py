@@ -27,11 +27,16 @@ def reply_entry(text: str, *, reasoning: str = "", logprobs: list[dict[str, Any]
     return entry
 
 
+#: Tokens a token view keeps per reply: each is ~0.5 KB with its alternatives, and the chat widget syncs them
+#: to the browser, so a reply of 100,000 tokens must not become 50 MB. The rest of the reply shows as text.
+TOKEN_VIEW_LIMIT = 4000
+
+
 def compact_logprobs(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """OpenAI ``logprobs.content`` entries cut to what a token view shows (token, logprob, alternatives),
-    without the byte lists that would triple what is kept and synced."""
+    """OpenAI ``logprobs.content`` entries cut to what a token view shows (token, logprob, alternatives) for
+    the first :data:`TOKEN_VIEW_LIMIT` tokens, without the byte lists that would triple what is synced."""
     out = []
-    for entry in entries or []:
+    for entry in (entries or [])[:TOKEN_VIEW_LIMIT]:
         alternatives = [
             {"token": str(alt.get("token", "")), "logprob": alt.get("logprob")}
             for alt in entry.get("top_logprobs") or []

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from mr_notebook.client.local import LocalEngine
+from mr_notebook.conversation import TOKEN_VIEW_LIMIT, compact_logprobs
 from mr_notebook.errors import InvalidRequest, ModelNotFound, WorkerCrashed
 from mr_notebook.progress import Meter, Throttle, throttled
 from mr_notebook.settings import EngineSettings
@@ -191,6 +192,15 @@ def test_token_view_toggle_attaches_the_tokens_once(widget: ChatWidget) -> None:
         {"role": "assistant", "content": "Yes."},
         {"role": "user", "content": "Now"},
     ]
+
+
+def test_token_view_keeps_a_bounded_number_of_tokens() -> None:
+    alternative = {"token": "x", "logprob": -2.0, "bytes": [120]}
+    entry = {"token": "a", "logprob": -0.1, "bytes": [97], "top_logprobs": [alternative] * 5}
+    kept = compact_logprobs([entry] * (TOKEN_VIEW_LIMIT + 50))
+    assert len(kept) == TOKEN_VIEW_LIMIT  # the browser shows the rest of the reply as text
+    assert kept[0] == {"token": "a", "logprob": -0.1, "top_logprobs": [{"token": "x", "logprob": -2.0}] * 5}
+    assert compact_logprobs(None) == []
 
 
 def test_no_model_chosen_is_an_inline_hint(tmp_path: Path) -> None:

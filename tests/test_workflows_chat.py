@@ -296,3 +296,8 @@ def test_token_view_and_columns_stay_inert(payload: str) -> None:
     assert inert_text(shown).startswith(payload)
     runs = [Run(payload, "ai/x", {}, parts=[payload]), Run("ai/y", "ai/y", {}, parts=["fine"])]
     inert_text(CompareView(runs)._repr_html_())
+    # Reasoning is model text too; the one <details> is ours (the checker refuses any other).
+    for streaming in (False, True):
+        shown = Reply(payload, payload, streaming=streaming)._repr_html_()
+        assert shown.count("<details") == shown.count("</details>") == 1
+        inert_text(shown.replace("<details", "<div", 1).replace("</details>", "</div>", 1))

@@ -39,15 +39,23 @@ function alternatives(entry) {
   return lines.join("\n");
 }
 
-// The reply's tokens, each shaded by its probability (red: unsure, green: sure), as text nodes only.
-function tokenView(entries) {
+// The reply's tokens, each shaded by its probability (red: unsure, green: sure), as text nodes only. Python
+// keeps the first TOKEN_VIEW_LIMIT tokens of a reply; what follows them in `content` is shown as plain text.
+function tokenView(entries, content) {
   const view = h("div", { class: "mrnb-tokens" });
+  let joined = "";
   entries.forEach((entry, index) => {
     const span = h("span", { class: "mrnb-token", "data-index": String(index) });
     span.textContent = String(entry.token ?? "");
     span.style.backgroundColor = `hsla(${Math.round(120 * probability(entry.logprob))}, 85%, 55%, 0.35)`;
+    joined += span.textContent;
     view.append(span);
   });
+  if (joined && content.length > joined.length && content.startsWith(joined)) {
+    const rest = h("span", { class: "mrnb-token-rest", title: "Beyond the token view's limit" });
+    rest.textContent = content.slice(joined.length);
+    view.append(rest);
+  }
   return view;
 }
 
@@ -122,7 +130,8 @@ function render({ model, el }) {
       body.append(details);
     }
     const answer = h("div", { class: "mrnb-answer" });
-    if (model.get("logprobs") && Array.isArray(message.logprobs) && !streaming) answer.append(tokenView(message.logprobs));
+    const tokensShown = model.get("logprobs") && Array.isArray(message.logprobs) && !streaming;
+    if (tokensShown) answer.append(tokenView(message.logprobs, message.content || ""));
     else renderMarkdown(answer, message.content || "");
     body.append(answer);
     return body;
