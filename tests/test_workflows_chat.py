@@ -16,6 +16,7 @@ from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.utils.capture import CapturedIO
 
 from mr_notebook.client.local import LocalEngine
+from mr_notebook.conversation import TOKEN_VIEW_LIMIT
 from mr_notebook.kernel import kernel_state
 from mr_notebook.kernel.chat import ChatReply
 from mr_notebook.kernel.compare import CompareView, Run
@@ -168,6 +169,13 @@ def test_logprobs_view_is_escaped(ip: InteractiveShell) -> None:
     assert "&lt;img" in shown and "&lt;script&gt;" in shown and "&amp;" in shown
     # The tokens, put back together, are the reply.
     assert "".join(e["token"] for e in reply.logprobs) == HOSTILE
+
+
+def test_token_view_is_bounded() -> None:
+    entries = [{"token": "a", "logprob": -0.1, "top_logprobs": []}] * (TOKEN_VIEW_LIMIT + 10)
+    shown = TokenView("a" * (TOKEN_VIEW_LIMIT + 10) + "<tail>", entries)._repr_html_()
+    assert shown.count("class='mr-token'") == TOKEN_VIEW_LIMIT
+    assert "a" * 10 + "&lt;tail&gt;</span>" in shown  # the rest of the reply, as text
 
 
 def test_compare_view_is_escaped() -> None:

@@ -1,7 +1,8 @@
 """``%%chat --logprobs``: the reply with each token shaded by its probability; hovering shows the alternatives.
 
 Every token (and every alternative in the hover text) is model output, so each is HTML-escaped, attributes
-included; the view is plain inline HTML and CSS (no script, no remote asset).
+included; the view is plain inline HTML and CSS (no script, no remote asset). The first ``TOKEN_VIEW_LIMIT``
+tokens are shaded; the rest of a longer reply follows as plain text (the same bound as the chat widget's).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import html
 import math
 from typing import Any
+
+from mr_notebook.conversation import TOKEN_VIEW_LIMIT
 
 #: Alternatives asked for and shown per token.
 TOP_LOGPROBS = 5
@@ -45,7 +48,8 @@ class TokenView:
 
     def _repr_html_(self) -> str:
         spans = []
-        for entry in self.entries:
+        joined = ""
+        for entry in self.entries[:TOKEN_VIEW_LIMIT]:
             token = str(entry.get("token", ""))
             p = _probability(entry.get("logprob"))
             lines = [f"{token!r}: {_percent(p)}"]
@@ -56,6 +60,9 @@ class TokenView:
                 f"<span class='mr-token' style='background:{_shade(p)}' title=\"{title}\">"
                 f"{html.escape(token, quote=True)}</span>"
             )
+            joined += token
+        if spans and len(self.text) > len(joined) and self.text.startswith(joined):
+            spans.append(f"<span style='opacity:.7'>{html.escape(self.text[len(joined) :], quote=True)}</span>")
         legend = (
             "<div style='font-size:smaller;opacity:.7'>Tokens shaded by probability (green: sure, red: unsure); "
             "hover a token for the alternatives.</div>"
