@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +227,18 @@ def test_purge(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> None:
         assert get(server, "models").json() == [] and server.ps() == []
     finally:
         server.stop()
+
+
+def test_an_upload_cut_short_leaves_nothing_behind(server: ServerProcess, tiny_model_factory: TinyModelFactory) -> None:
+    data = tiny_model_factory(reply="Never whole.", seed=13).read_bytes() * 8  # past the 1 MiB write buffer
+    host, port = server.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    uploads = server.home / "uploads"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"POST /models/load?name=me/cut HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data) * 2}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data)  # half of what was announced, then the client goes away
+        wait_until(lambda: any(uploads.glob("*.part")), message="the partial upload")
+    wait_until(lambda: not any(uploads.glob("*.part")), message="the partial upload to be deleted")
+    assert get(server, "models/me/cut").status_code == 404
