@@ -41,13 +41,11 @@ from test_protocol_support import (
 )
 
 from mr_notebook.api.harmony import HarmonySplitter
+from mr_notebook.api.tool_choice import call_format, parse_tool_choice, parse_tools
 from mr_notebook.api.tools import (
     Splitter,
-    call_format,
     detect_family,
     parse_calls,
-    parse_tool_choice,
-    parse_tools,
     template_opens_think,
     template_thinks,
 )

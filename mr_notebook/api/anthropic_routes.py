@@ -17,7 +17,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.base import ApiHandler, describe_error
-from mr_notebook.api.tools import parse_tools
+from mr_notebook.api.tool_choice import parse_tools
 from mr_notebook.api.turns import (
     Timing,
     TurnEvent,

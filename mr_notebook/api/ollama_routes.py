@@ -19,7 +19,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from mr_notebook.api.base import ApiHandler
-from mr_notebook.api.tools import parse_tools
+from mr_notebook.api.tool_choice import parse_tools
 from mr_notebook.api.turns import (
     Timing,
     TurnRequest,

@@ -18,7 +18,7 @@ import tornado.web
 from mr_notebook.api import tools as toolkit
 from mr_notebook.api.base import describe_error
 from mr_notebook.api.harmony import HarmonySplitter
-from mr_notebook.api.tools import parse_tool_choice, parse_tools
+from mr_notebook.api.tool_choice import call_format, lazy_grammar, parse_tool_choice, parse_tools
 from mr_notebook.engine import Chunk, GenerationParams, Runner, Usage
 from mr_notebook.errors import InvalidRequest
 from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, parse_ref
@@ -188,14 +188,14 @@ def engine_params(ctx: ApiContext, turn: TurnRequest, traits: ModelTraits | None
     """
     body = dict(turn.body)
     if turn.tools and turn.choice == "required":
-        body["response_format"] = toolkit.call_format(turn.tools, turn.forced, turn.parallel)
+        body["response_format"] = call_format(turn.tools, turn.forced, turn.parallel)
     if turn.choice == "none":
         body.pop("tools", None)  # the template then does not offer them (llama.cpp does the same)
     params = GenerationParams.from_request(body)
     if traits is None or traits is REMOTE_TRAITS:
         return _capped(ctx, params)
     if turn.tools and turn.choice == "auto":
-        params.tool_grammar = toolkit.lazy_grammar(
+        params.tool_grammar = lazy_grammar(
             traits.family, turn.tools, turn.parallel, traits.template, thinks=traits.thinks
         )
     elif traits.family == toolkit.HARMONY:
