@@ -56,6 +56,9 @@ def test_workflows_notebook_runs_headless(
     assert html and "TTFT" in html[-1]
     tokens = cell("%%chat --logprobs --temperature 0 --max-tokens 24 --no-history")
     assert any("mr-token" in o.data.get("text/html", "") for o in tokens.outputs)
+    widget = cell("w = mr_notebook.chat(MODEL, temperature=0, max_tokens=24)")
+    count = int(_text(widget).split(" tokens with their alternatives")[0])
+    assert count > 0 and any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in widget.outputs)
     preview = cell("%%chat --max-tokens 64 --temperature 0 --no-history")
     assert "(Prompt: " in _text(preview) and "with {sales}.)" in _text(preview)
     # Provenance is saved in the .ipynb with the reply.
