@@ -1,4 +1,4 @@
-"""Docker Model Runner's routes: /models…, /engines/…, /health, /metrics (a real server per module)."""
+"""Docker Model Runner's routes: /models…, /engines/…, /health, /metrics (served from a thread of this process)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,52 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, ServerProcess, chat_body, fill_store, wait_until
+from test_api_support import EMBED, LONG, MODEL, NEVER, REPLY, chat_body, fill_store, wait_until
 
+from mr_notebook.api.standalone import start_in_thread
+from mr_notebook.service import SyncService
+from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 from mr_notebook.testing.pull_fixtures import local_registry  # noqa: F401
 from mr_notebook.testing.registry import LocalRegistry
 from mr_notebook.testing.tiny_model import TinyModelFactory
 
 
+class InProcessServer:
+    """The API served from a thread of this process (``start_in_thread``): the handlers are what is tested here,
+    not a server process's start-up and shutdown (test_api_lifecycle does those with a real ``serve``)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.store = Store(home)
+        self.sync = SyncService(self.store, settings=EngineSettings(keep_alive=300))
+        self.handle = start_in_thread(self.sync, self.store)
+        self.url = self.handle.url
+
+    def ps(self) -> list[dict[str, object]]:
+        rows = httpx.get(self.url + "engines/ps", timeout=10).json()
+        assert isinstance(rows, list)
+        return rows
+
+    def stop(self) -> None:
+        self.handle.stop()
+        self.sync.close()
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_factory: TinyModelFactory) -> Iterator[InProcessServer]:
     home = tmp_path_factory.mktemp("runner_home")
     fill_store(home, tiny_model_factory)
-    process = ServerProcess(home)
+    process = InProcessServer(home)
     yield process
     process.stop()
 
 
-def get(server: ServerProcess, path: str) -> httpx.Response:
+def get(server: InProcessServer, path: str) -> httpx.Response:
     return httpx.get(server.url + path, timeout=30)
 
 
-def test_models_list_and_inspect_in_docker_shape(server: ServerProcess) -> None:
+def test_models_list_and_inspect_in_docker_shape(server: InProcessServer) -> None:
     models = get(server, "models").json()
     tags = {tag for model in models for tag in model["tags"]}
     assert {MODEL, NEVER, EMBED, LONG} <= tags
@@ -42,7 +66,7 @@ def test_models_list_and_inspect_in_docker_shape(server: ServerProcess) -> None:
     assert inspected["id"] == one["id"] and inspected["tags"] == [MODEL]
 
 
-def test_tag_then_remove(server: ServerProcess) -> None:
+def test_tag_then_remove(server: InProcessServer) -> None:
     response = httpx.post(server.url + f"models/{MODEL}/tag", json={"target": "me/copy:v1"}, timeout=30)
     assert response.status_code == 201 and "me/copy:v1" in response.json()["model"]["tags"]
     response = httpx.post(server.url + f"models/{MODEL}/tag?repo=me/other&tag=v2", timeout=30)
@@ -55,7 +79,7 @@ def test_tag_then_remove(server: ServerProcess) -> None:
     assert httpx.post(server.url + f"models/{MODEL}/tag", json={}, timeout=30).json()["error"]["param"] == "target"
 
 
-def test_remove_unloads_an_idle_model_and_refuses_a_busy_one_without_force(server: ServerProcess) -> None:
+def test_remove_unloads_an_idle_model_and_refuses_a_busy_one_without_force(server: InProcessServer) -> None:
     httpx.post(server.url + f"models/{EMBED}/tag", json={"target": "ai/doomed:latest"}, timeout=30)
     httpx.delete(server.url + f"models/{EMBED}", timeout=30)  # leave one name, then load it
     assert httpx.post(server.url + "v1/embeddings", json={"model": "ai/doomed", "input": "x"}, timeout=60).is_success
@@ -64,7 +88,9 @@ def test_remove_unloads_an_idle_model_and_refuses_a_busy_one_without_force(serve
     assert all(row["model"] != "ai/doomed" for row in server.ps())
 
 
-def test_remove_refuses_a_busy_model_without_force(server: ServerProcess, tiny_model_factory: TinyModelFactory) -> None:
+def test_remove_refuses_a_busy_model_without_force(
+    server: InProcessServer, tiny_model_factory: TinyModelFactory
+) -> None:
     store = Store(server.home)  # the server's store on disk: a model added here is served at once
     store.import_gguf(tiny_model_factory(never_stop=True, reply="la ", context_length=65536, seed=21), "ai/busy")
     store.configure("ai/busy", context_size=65536)
@@ -84,7 +110,7 @@ def test_remove_refuses_a_busy_model_without_force(server: ServerProcess, tiny_m
     assert all(row["model"] != "ai/busy" for row in server.ps())
 
 
-def test_ps_unload_and_status(server: ServerProcess) -> None:
+def test_ps_unload_and_status(server: InProcessServer) -> None:
     assert httpx.post(server.url + "v1/chat/completions", json=chat_body(), timeout=60).is_success
     rows = server.ps()
     row = next(r for r in rows if r["model"] == MODEL)
@@ -92,7 +118,7 @@ def test_ps_unload_and_status(server: ServerProcess) -> None:
         assert key in row
     assert row["backend_name"] == "llama.cpp" and isinstance(row["pid"], int) and row["memory"] > 0
     status = get(server, "engines/status").json()
-    assert status["status"] == "running" and status["loaded_models"] >= 1 and status["mode"] == "standalone"
+    assert status["status"] == "running" and status["loaded_models"] >= 1 and status["mode"] == "kernel"
     assert get(server, "").text == "Ollama is running"  # Ollama clients probe the root; status JSON is above
     unloaded = httpx.post(server.url + "engines/unload", json={"models": [MODEL]}, timeout=30).json()
     assert unloaded == {"unloaded_runners": 1}
@@ -104,7 +130,7 @@ def test_ps_unload_and_status(server: ServerProcess) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "models"
 
 
-def test_load_route_answers_when_loaded_and_streams_progress(server: ServerProcess) -> None:
+def test_load_route_answers_when_loaded_and_streams_progress(server: InProcessServer) -> None:
     httpx.post(server.url + "engines/unload", json={"all": True}, timeout=30)
     loaded = httpx.post(server.url + "engines/load", json={"model": MODEL, "keep_alive": "2m"}, timeout=60)
     assert loaded.status_code == 200 and loaded.json()["model"] == MODEL and loaded.json()["keep_alive"] == 120
@@ -120,7 +146,7 @@ def test_load_route_answers_when_loaded_and_streams_progress(server: ServerProce
     assert httpx.post(server.url + "engines/load", json={}, timeout=30).json()["error"]["param"] == "model"
 
 
-def test_configure_persists_and_reloads_idle_workers(server: ServerProcess) -> None:
+def test_configure_persists_and_reloads_idle_workers(server: InProcessServer) -> None:
     httpx.post(server.url + "engines/unload", json={"models": [NEVER]}, timeout=30)
     response = httpx.post(
         server.url + "engines/_configure", json={"model": NEVER, "context_size": 256, "keep_alive": "10m"}, timeout=30
@@ -139,7 +165,7 @@ def test_configure_persists_and_reloads_idle_workers(server: ServerProcess) -> N
 
 
 def test_models_load_takes_an_upload_or_a_path_and_prune(
-    server: ServerProcess, tiny_model_factory: TinyModelFactory, tmp_path: Path
+    server: InProcessServer, tiny_model_factory: TinyModelFactory, tmp_path: Path
 ) -> None:
     data = tiny_model_factory(reply="Sent over HTTP.", seed=11).read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -166,7 +192,7 @@ def test_models_load_takes_an_upload_or_a_path_and_prune(
     assert pruned.status_code == 200 and set(pruned.json()) == {"files", "bytes"}
 
 
-def test_df_health_metrics(server: ServerProcess) -> None:
+def test_df_health_metrics(server: InProcessServer) -> None:
     df = get(server, "engines/df").json()
     assert df["models_disk_usage"] == df["total"] > 0 and df["models"] >= 3
     assert get(server, "health").json() == {"status": "ok"}
@@ -182,7 +208,7 @@ def test_df_health_metrics(server: ServerProcess) -> None:
 
 
 def test_create_pulls_with_ndjson_progress(
-    server: ServerProcess,
+    server: InProcessServer,
     local_registry: LocalRegistry,  # noqa: F811
     tiny_model_factory: TinyModelFactory,
 ) -> None:
@@ -203,7 +229,7 @@ def test_create_pulls_with_ndjson_progress(
     assert json.loads(again.text.splitlines()[-1])["already_present"] is True
 
 
-def test_create_errors(server: ServerProcess, local_registry: LocalRegistry) -> None:  # noqa: F811
+def test_create_errors(server: InProcessServer, local_registry: LocalRegistry) -> None:  # noqa: F811
     bad = httpx.post(server.url + "models/create", json={"from": "Bad//Name"}, timeout=30)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_model_reference"
     missing = httpx.post(server.url + "models/create", json={"from": f"{local_registry.host}/ai/absent:v1"}, timeout=60)
@@ -214,7 +240,7 @@ def test_create_errors(server: ServerProcess, local_registry: LocalRegistry) -> 
 def test_purge(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> None:
     home = tmp_path / "home"
     fill_store(home, tiny_model_factory)
-    server = ServerProcess(home)
+    server = InProcessServer(home)
     try:
         assert (
             httpx.post(server.url + "v1/chat/completions", json=chat_body(), timeout=60).json()["choices"][0][
@@ -229,7 +255,9 @@ def test_purge(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> None:
         server.stop()
 
 
-def test_an_upload_cut_short_leaves_nothing_behind(server: ServerProcess, tiny_model_factory: TinyModelFactory) -> None:
+def test_an_upload_cut_short_leaves_nothing_behind(
+    server: InProcessServer, tiny_model_factory: TinyModelFactory
+) -> None:
     data = tiny_model_factory(reply="Never whole.", seed=13).read_bytes() * 8  # past the 1 MiB write buffer
     host, port = server.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
     uploads = server.home / "uploads"
