@@ -169,6 +169,13 @@ def test_reasoning_streams_apart_and_is_not_sent_back(engine: LocalEngine) -> No
     w.close()
 
 
+def test_a_missing_model_fails_on_the_first_read(engine: LocalEngine) -> None:
+    # Engine.chat_stream's contract, kept by the reasoning split (it looks the model up first).
+    stream = engine.chat_stream("ai/missing", [{"role": "user", "content": "Hi"}])
+    with pytest.raises(ModelNotFound):
+        next(stream)
+
+
 def test_token_view_toggle_attaches_the_tokens_once(widget: ChatWidget) -> None:
     widget.sync_interval = 0
     seen = []

@@ -277,13 +277,17 @@ class LocalEngine:
             # A remote engine's reasoning comes back as <think> text (engine/remote/proxy.py).
             return _Reasoning(sink, tools.Splitter(family=None))
         from mr_notebook.api.turns import template_of
+        from mr_notebook.errors import MrNotebookError
 
-        record = self.store.get(model)
-        key = (record.id, str(record.settings.get("chat_template") or ""))
-        traits = self._thinks.get(key)
-        if traits is None:  # the template is read from the file's header: once per model
-            template = template_of(self.store, record)
-            traits = self._thinks[key] = (tools.template_thinks(template), tools.template_opens_think(template))
+        try:
+            record = self.store.get(model)
+            key = (record.id, str(record.settings.get("chat_template") or ""))
+            traits = self._thinks.get(key)
+            if traits is None:  # the template is read from the file's header: once per model
+                template = template_of(self.store, record)
+                traits = self._thinks[key] = (tools.template_thinks(template), tools.template_opens_think(template))
+        except MrNotebookError:
+            return _Reasoning(sink, None)  # the engine says what is wrong (no such model …) on the first read
         thinks, opens = traits
         return _Reasoning(sink, tools.Splitter(family=None, think_open=opens) if thinks else None)
 
