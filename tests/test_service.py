@@ -309,3 +309,16 @@ def test_no_user_visible_error_class_lives_outside_errors_py() -> None:
                 if bases & ours:
                     outside.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
     assert outside == []
+
+
+async def test_remote_engines_models_are_inspected_and_loaded_but_never_removed(store: Store) -> None:
+    service = ModelService(store, engines=[{"name": "box", "url": "http://127.0.0.1:9"}])
+    try:
+        remote = await service.inspect("box/qwen")
+        assert remote.to_json()["id"] == "remote:box/qwen" and remote.to_json()["config"]["engine"] == "box"
+        assert (await service.load("box/qwen")).backend == "remote"  # nothing to load here: the engine serves it
+        for verb in (service.rm(["box/qwen"]), service.configure("box/qwen", context_size=512)):
+            with pytest.raises(InvalidRequest, match="remote engine box"):
+                await verb
+    finally:
+        await service.close()

@@ -200,8 +200,7 @@ class ModelService:
 
         ModelInUse (409) without ``force``: a busy loaded model, or a model given by id that has several names.
         """
-        if self._runner is not None:
-            self._runner.remote.refuse(refs, "rm")
+        (await self.ready_runner()).remote.refuse(refs, "rm")  # ENGINE/<id> is not stored here: say so
         doomed = await asyncio.to_thread(self._store.doomed, refs, force=force)
         ids = {record.id for record in doomed}
         loaded = [row for row in self._loaded(loading=True) if row.id in ids]
@@ -357,6 +356,8 @@ async def in_thread(work: Callable[[], T], cancel: threading.Event | None, what:
         if cancel is not None:
             cancel.set()
         await asyncio.wait({done})
+        if not done.cancelled():
+            done.exception()  # retrieved: the caller is gone, its cancellation is what propagates
         raise
 
 
