@@ -21,8 +21,9 @@ from mr_notebook.api.base import (
     NotFoundHandler,
     StandaloneAuth,
 )
+from mr_notebook.api.completions import CompletionsHandler
 from mr_notebook.api.context import SETTINGS_KEY, ApiContext
-from mr_notebook.api.generation import ChatCompletionsHandler, CompletionsHandler
+from mr_notebook.api.generation import ChatCompletionsHandler
 from mr_notebook.api.model_routes import (
     CreateHandler,
     LoadModelHandler,
