@@ -28,24 +28,41 @@ async def _close(stream: AsyncIterator[Chunk]) -> None:
         pass  # still running: the cancellation already sent ends it and its cleanup cancels the request
 
 
-class SyncRunner:
-    """Owns a Runner on a private event loop in a daemon thread."""
+class LoopThread:
+    """A private event loop in a daemon thread, for blocking callers of async engine code."""
 
-    def __init__(self, store: Store, settings: EngineSettings | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="mr-notebook-engine", daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
-        self.runner = Runner(store, settings)
-        self.call(self.runner.start())
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run any coroutine on the engine's loop and wait for its result."""
+        """Run any coroutine on the loop and wait for its result."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()
         except BaseException:
             future.cancel()  # KeyboardInterrupt while waiting: stop the work on the loop too
             raise
+
+    def _stop(self, last: Coroutine[Any, Any, None]) -> None:
+        """Run ``last`` (closing what lives on the loop), then end the loop thread (idempotent)."""
+        if self.loop.is_closed():
+            last.close()
+            return
+        self.call(last)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+class SyncRunner(LoopThread):
+    """Owns a Runner on a private event loop in a daemon thread."""
+
+    def __init__(self, store: Store, settings: EngineSettings | None = None) -> None:
+        super().__init__("mr-notebook-engine")
+        self.runner = Runner(store, settings)
+        self.call(self.runner.start())
 
     def _iterate(self, stream: AsyncIterator[Chunk]) -> Iterator[Chunk]:
         try:
@@ -102,9 +119,4 @@ class SyncRunner:
 
     def close(self) -> None:
         """End every worker and the loop thread."""
-        if self.loop.is_closed():
-            return
-        self.call(self.runner.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self._stop(self.runner.close())

@@ -8,19 +8,16 @@ the service's signatures in one place (and typed: ``call`` returns what the coro
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+from mr_notebook.engine.sync import LoopThread
 from mr_notebook.service.core import ModelService
 from mr_notebook.settings import EngineSettings
 from mr_notebook.store import Store
 
-T = TypeVar("T")
 
-
-class SyncService:
+class SyncService(LoopThread):
     """A ModelService on its own loop thread (started at once; the Runner only when a model is needed)."""
 
     def __init__(
@@ -32,25 +29,9 @@ class SyncService:
         env: Mapping[str, str] | None = None,
         mode: str = "local",
     ) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="mr-notebook-service", daemon=True)
-        self._thread.start()
+        super().__init__("mr-notebook-service")
         self.service = ModelService(store, settings=settings, engines=engines, env=env, mode=mode)
-
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine (usually ``self.service.<verb>(…)``) on the service's loop and wait for its result."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # KeyboardInterrupt while waiting: stop the work on the loop too
-            raise
 
     def close(self) -> None:
         """End every worker, then the loop thread (idempotent)."""
-        if self.loop.is_closed():
-            return
-        self.call(self.service.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        self._stop(self.service.close())
