@@ -311,9 +311,10 @@ def error_for_code(code: str | None, message: str, status: int = 500, param: str
             cls = InvalidRequest
         else:
             cls = MrNotebookError
-    error = cls(message)
+    # A remote engine's own 4xx stays a 4xx; an unknown code keeps the status it came with.
+    error = cls(message, status) if issubclass(cls, RemoteEngineError) else cls(message)
     if param is not None:
         error.param = param
-    if cls in (RemoteEngineError, RemoteEngineTimeout, MrNotebookError) and status >= 400:
-        error.http_status = status  # the status said more than the class (an engine's own 4xx, a 5xx)
+    if cls is MrNotebookError and status >= 400:
+        error.http_status = status
     return error

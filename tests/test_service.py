@@ -28,6 +28,7 @@ from mr_notebook.errors import (
     ModelInUse,
     ModelNotFound,
     MrNotebookError,
+    RemoteEngineError,
     error_for_code,
 )
 from mr_notebook.service import LoadedModel, ModelService, Progress, Removal, SyncService
@@ -292,6 +293,11 @@ def test_the_error_table_lists_every_error_class_once_in_both_directions() -> No
         assert BY_CODE[cls.code] is cls
     assert type(error_for_code("no_such_code", "gone", 404)) is ModelNotFound
     assert type(error_for_code(None, "bad", 422)) is InvalidRequest
+    refused = error_for_code("remote_engine_error", "the engine said no", 422)
+    assert isinstance(refused, RemoteEngineError) and (refused.http_status, refused.error_type) == (
+        422,
+        "invalid_request_error",
+    )
     unknown = error_for_code("teapot", "odd", 503)
     assert type(unknown) is MrNotebookError and unknown.http_status == 503
 
