@@ -170,6 +170,7 @@ ROUTES: list[RouteSpec] = [
                 status=201,
                 query={"name": {"type": "string"}, "digest": {"type": "string"}},
                 destructive=True,
+                other_bodies={"application/octet-stream": {"type": "string", "format": "binary"}},
             )
         },
         tags=_RUNNER,

@@ -77,6 +77,8 @@ class Operation:
     destructive: bool = False
     #: Reaches the network (pulls): fuzzers must not call it.
     network: bool = False
+    #: Request bodies besides JSON, by media type (a file upload: ``application/octet-stream``).
+    other_bodies: Mapping[str, Schema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,10 @@ def _operation(spec: RouteSpec, path: str, verb: str, op: Operation) -> Schema:
     if op.request is not None:
         doc["requestBody"] = {
             "required": not op.body_optional,
-            "content": {"application/json": {"schema": op.request}},
+            "content": {
+                "application/json": {"schema": op.request},
+                **{media: {"schema": schema} for media, schema in op.other_bodies.items()},
+            },
         }
     extensions = {"x-destructive": op.destructive, "x-network": op.network}
     doc.update({k: v for k, v in extensions.items() if v})
