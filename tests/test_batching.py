@@ -99,6 +99,50 @@ async def test_long_prompt_is_prefilled_in_chunks_between_other_streams_tokens(
         await handle.close()
 
 
+async def test_embeddings_beside_a_stream_go_in_small_batches_between_its_tokens(
+    tiny_model_factory: TinyModelFactory,
+) -> None:
+    """A big embedding job must not stall running streams: it shares the loop with them, a small batch at a time."""
+    path = tiny_model_factory(reply=LOOP, never_stop=True, context_length=2048)
+    config = {"name": "loop", "path": str(path), "n_ctx": 2048, "parallel": 2, "n_batch": 64, "threads": 1}
+    handle = WorkerHandle("loop", "id", config, Estimate(0, 0, 0), 30, lambda h: None)
+    await handle.start(60)
+    try:
+        stream = handle.submit("chat", {"messages": HI, "params": params(max_tokens=1800, logprobs=True).to_wire()})
+        tokens: list[int] = [0]
+        done = asyncio.Event()
+
+        async def follow() -> None:
+            while not done.is_set():
+                message = await handle.receive(stream)
+                if message["type"] == "done":
+                    done.set()
+                else:
+                    tokens[0] += len(message.get("logprobs") or [])  # one token per logprob entry
+
+        follower = asyncio.create_task(follow())
+        await wait_until(lambda: tokens[0] > 5)
+        inputs = [text_of(40, seed) for seed in range(48)]  # 48 inputs of about 40 tokens
+        embedding = handle.submit("embed", {"inputs": inputs})
+        first = await handle.receive(embedding)
+        assert first["type"] in ("started", "vector")
+        before = tokens[0] + handle._pending[stream.rid].queue.qsize()
+        vectors = 0
+        while not embedding.finished:
+            message = await handle.receive(embedding)
+            vectors += message["type"] == "vector"
+        progress = tokens[0] + handle._pending[stream.rid].queue.qsize() - before
+        assert vectors >= 47 and not done.is_set()
+        # One input per embedding batch, a stream token between batches; before, 16 inputs went in each batch
+        # (about 640 tokens, seconds on a real model) and the stream got 3 tokens during the whole job.
+        assert progress >= 40, progress
+        handle.finish(embedding)
+        handle.finish(stream)
+        follower.cancel()
+    finally:
+        await handle.close()
+
+
 async def test_prefix_reuse_evaluates_only_the_new_part(runner: Runner) -> None:
     first_turn = [{"role": "user", "content": text_of(300)}]
     cold = await collect(runner.chat("ai/tiny", first_turn, params()))

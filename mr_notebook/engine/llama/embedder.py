@@ -78,15 +78,17 @@ class Embedder:
             out.append(tokens)
         return out
 
-    def step(self, job: EmbedJob, send: Send) -> bool:
-        """Evaluate the next inputs of ``job`` that fit one batch; True when the job is complete."""
+    def step(self, job: EmbedJob, send: Send, budget: int | None = None) -> bool:
+        """Evaluate the next inputs of ``job`` that fit one batch (and ``budget`` tokens, though always at least
+        one input); True when the job is complete."""
         ctx, batch = self._context()
         batch.clear()
         first = job.next
         seqs = 0
+        room = batch.capacity if budget is None else min(budget, batch.capacity)
         while job.next < len(job.inputs) and seqs < EMBED_SEQUENCES:
             tokens = job.inputs[job.next]
-            if len(tokens) > batch.room:
+            if len(tokens) > batch.room or (seqs and batch.n + len(tokens) > room):
                 break
             batch.add_many(tokens, 0, seqs, logits_last=True, logits_all=True)
             job.prompt_tokens += len(tokens)

@@ -26,7 +26,7 @@ from mr_notebook.engine.llama.jobs import Choice, EmbedJob, Job, Slot
 from mr_notebook.engine.llama.model import Model
 from mr_notebook.engine.llama.prompt import ChatPrompt
 from mr_notebook.engine.llama.sampling import Sampler, check_grammar, logits_row, logprob_entry
-from mr_notebook.engine.protocol import encode_delta, error_payload
+from mr_notebook.engine.protocol import encode, encode_delta, error_payload
 from mr_notebook.engine.stops import StopMatcher
 from mr_notebook.errors import ContextLengthExceeded, InvalidRequest, MrNotebookError, WorkerCrashed
 
@@ -34,9 +34,12 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any] | bytes], None]
 
-#: Deltas produced faster than this (seconds) are sent together: a tiny model makes thousands of tokens a
-#: second, and one message per token would cost the host more than generating them.
-COALESCE = 0.002
+#: A stream's text is sent at most this often (seconds; its first token at once): 25 updates a second look
+#: continuous to a reader, and every message costs the host, the client and the notebook's renderer CPU that a
+#: 2-core machine takes from the decode threads (a message per token cost 11% of the tokens at one stream).
+COALESCE = 0.04
+#: Tokens per embedding batch while streams are running (a batch alone takes up to the embedding context).
+EMBED_BESIDE_STREAMS = 64
 #: How often (seconds) a busy worker reports its scheduler statistics to the host.
 STATS_EVERY = 0.5
 
@@ -54,7 +57,9 @@ class Scheduler:
 
     def __init__(self, model: Model, config: dict[str, Any], send: Send) -> None:
         self.model = model
-        self.send = send
+        self._transmit = send
+        #: Messages of one scheduler iteration, written to the host together (one syscall, one host wake-up).
+        self._outbox: list[bytes] = []
         self.threads = max(int(config.get("threads") or 1), 1)
         self.parallel = max(int(config.get("parallel") or 1), 1)
         n_ctx = int(config["n_ctx"])
@@ -72,6 +77,7 @@ class Scheduler:
         self.running: list[Job] = []
         self.embeds: deque[EmbedJob] = deque()
         self._stats_at = 0.0
+        self._embed_skip = False
         self._decodes = 0
         self._decoded_tokens = 0
         self._shape = (0, 0, 0)
@@ -92,15 +98,28 @@ class Scheduler:
     def stop(self) -> None:
         self.inbox.put(None)
 
+    # ------------------------------------------------------------------ to the host
+
+    def send(self, message: dict[str, Any] | bytes) -> None:
+        self._outbox.append(message if isinstance(message, bytes) else encode(message))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            data, self._outbox = b"".join(self._outbox), []
+            self._transmit(data)
+
     # ------------------------------------------------------------------ scheduler thread
 
     def run(self) -> None:
         while True:
             busy = bool(self.running or self.embeds)
+            if not busy and not self.waiting:
+                self._flush()  # before waiting for work
             try:
                 item = self.inbox.get(block=not busy and not self.waiting)
                 while True:
                     if item is None:
+                        self._flush()
                         return
                     self._take(item)
                     item = self.inbox.get_nowait()
@@ -108,11 +127,13 @@ class Scheduler:
                 pass
             self._drop_cancelled()
             self._admit()
-            if self.embeds:
+            self._flush()  # "started" and errors go out before a long step
+            if self.embeds and (not self.running or self._embed_turn()):
                 self._embed_step()
             if self.running:
                 self._step()
             self._report()
+            self._flush()
 
     def _take(self, request: dict[str, Any]) -> None:
         op, rid = request.get("op"), request.get("id")
@@ -384,10 +405,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ embeddings and statistics
 
+    def _embed_turn(self) -> bool:
+        """Beside running streams, embeddings get every other iteration, in small batches: a full embedding
+        batch takes seconds here, and streams must keep flowing (time between their tokens stays bounded)."""
+        self._embed_skip = not self._embed_skip
+        return self._embed_skip
+
     def _embed_step(self) -> None:
         job = self.embeds[0]
         try:
-            finished = self.embedder.step(job, self.send)
+            finished = self.embedder.step(job, self.send, EMBED_BESIDE_STREAMS if self.running else None)
         except Exception as exc:
             self.embeds.popleft()
             self._fail(job.rid, exc)
