@@ -69,6 +69,19 @@ def log_since(mark: int) -> str:
     return " ".join(line for n, line in list(_recent) if n >= mark)
 
 
+def utf8(text: str, param: str | None = None) -> bytes:
+    """``text`` as UTF-8; a lone UTF-16 surrogate (valid in JSON, not in Unicode) is a 400, not a crash."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise InvalidRequest(
+            f"The request holds {bad}, half of a UTF-16 surrogate pair, which is not valid Unicode text; "
+            "send the whole character (or valid UTF-8).",
+            param,
+        ) from None
+
+
 class Model:
     """The llama_model and its vocabulary; vocabulary lookups are safe from any thread."""
 
@@ -121,7 +134,7 @@ class Model:
     # ------------------------------------------------------------------ vocabulary
 
     def tokenize(self, text: str, *, add_special: bool, special: bool) -> list[int]:
-        data = text.encode("utf-8")
+        data = utf8(text)
         size = len(data) + 2
         buf = (llama_cpp.llama_token * size)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_special, special)

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from llama_cpp import llama_grammar
 
-from mr_notebook.engine.llama.model import Model, log_since, mark_log, stderr_captured
+from mr_notebook.engine.llama.model import Model, log_since, mark_log, stderr_captured, utf8
 from mr_notebook.engine.llama.tool_grammar import TOOLS_ROOT, ToolGrammar, tool_grammar
 from mr_notebook.errors import InvalidRequest
 
@@ -42,16 +42,17 @@ def init_grammar(model: Model, text: str, lazy: ToolGrammar | None = None) -> An
     ``lazy``: a tool-call grammar that waits for its family's opening marker (text or control token) and
     constrains only what follows (llama.cpp's lazy grammar, as its server does for ``tool_choice: auto``).
     """
+    data = utf8(text, "tools" if lazy is not None else "response_format")
     mark = mark_log()
     with stderr_captured() as printed:
         if lazy is None:
-            sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, text.encode("utf-8"), b"root")
+            sampler = llama_cpp.llama_sampler_init_grammar(model.vocab, data, b"root")
         else:
             patterns = (ctypes.c_char_p * len(lazy.patterns))(*(p.encode("utf-8") for p in lazy.patterns))
             tokens = (llama_cpp.llama_token * len(lazy.tokens))(*lazy.tokens)
             sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
                 model.vocab,
-                text.encode("utf-8"),
+                data,
                 TOOLS_ROOT.encode("utf-8"),
                 patterns,
                 len(lazy.patterns),
