@@ -1,7 +1,7 @@
 """Nothing on the Jupyter server's IOLoop waits on the store's lock: a CLI holding it stalls no one else.
 
 Another process (playing a long ``mr-notebook rm``) holds the store's index lock while a request that needs it
-(loading a split model, whose part links are published under the lock) waits in a thread. Meanwhile /health,
+(loading a split model, whose part links are published under the lock; 40 tags) waits in a thread. Meanwhile /health,
 Jupyter's own /api/status and a stream from an already loaded model must answer, and they must do so while the
 lock is still held: the holder keeps it until the test lets go (or 30 s pass, the fallback when the loop is
 blocked; then "released" is printed first and the test fails). No timing threshold: only the order of events.
@@ -73,6 +73,11 @@ def test_a_held_index_lock_stalls_nothing_on_the_servers_loop(
             assert await holder.stdout.readline() == b"held\n"
             # Needs the lock: publishing the split model's part links waits in a thread until it is free.
             waiting = asyncio.create_task(client.post(api + "engines/load", json={"model": SPLIT}))
+            # And more lock waiters than the default thread pool has threads (32 at most): tags of the model.
+            tags = [
+                asyncio.create_task(client.post(api + f"models/{MODEL}/tag", json={"target": f"me/t{i}"}))
+                for i in range(40)
+            ]
             await asyncio.sleep(0.5)  # let it reach the lock (if it blocked the loop, nothing below would run)
             health = await client.get(api + "health")
             status = await client.get(server_url + "api/status")
@@ -84,13 +89,14 @@ def test_a_held_index_lock_stalls_nothing_on_the_servers_loop(
                         choices = json.loads(line[6:])["choices"]
                         streamed += "".join(choice["delta"].get("content") or "" for choice in choices)
             # All three answered while the other process still holds the lock.
-            assert holder.returncode is None and not waiting.done()
+            assert holder.returncode is None and not waiting.done() and not any(t.done() for t in tags)
             assert health.json() == {"status": "ok"} and status.status_code == 200 and streamed == REPLY
             holder.stdin.write(b"go\n")
             await holder.stdin.drain()
             assert await holder.stdout.readline() == b"released\n"
             await holder.wait()
             split = await waiting
+            assert {(await t).status_code for t in tags} == {201}
             assert split.status_code == 200 and split.json()["model"] == SPLIT
             answer = await client.post(api + "v1/chat/completions", json=chat_body(SPLIT))
             assert answer.json()["choices"][0]["message"]["content"] == "Split reply."

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mr_notebook import __version__
@@ -79,6 +81,9 @@ class ModelService:
         self.mode = mode
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        # Verbs that take the store's index lock wait for it on threads of their own: another process holding
+        # the lock must not fill the default executor, which reads the store for every request.
+        self._lock_waiters = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mr-notebook-store")
 
     def __repr__(self) -> str:
         return f"<ModelService store={str(self._store.home)!r} mode={self.mode!r}>"
@@ -115,6 +120,12 @@ class ModelService:
         """End every worker (loads in progress included) and close remote engine clients."""
         if self._runner is not None:
             await self._runner.close()
+        self._lock_waiters.shutdown(wait=False)
+
+    async def _locked(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``work`` (a store verb that takes the index lock) on a lock-waiting thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lock_waiters, functools.partial(work, *args, **kwargs))
 
     def _loaded(self, *, loading: bool = False) -> builtins.list[LoadedModel]:
         """Loaded models; with ``loading``, models whose worker is starting too (as busy: a request waits)."""
@@ -193,7 +204,7 @@ class ModelService:
     async def tag(self, source: str, target: str) -> ModelRecord:
         """Give a stored model another name; returns it with all its names."""
         parse_ref(target)
-        return await asyncio.to_thread(self._store.tag, source, target)
+        return await self._locked(self._store.tag, source, target)
 
     async def rm(self, refs: Sequence[str], *, force: bool = False) -> Removal:
         """Remove names; a model left without a name is deleted, its idle workers unloaded first.
@@ -205,7 +216,7 @@ class ModelService:
         ids = {record.id for record in doomed}
         loaded = [row for row in self._loaded(loading=True) if row.id in ids]
         unloaded = await self._end_workers(loaded, force, "remove")
-        removal = await asyncio.to_thread(self._store.remove, refs, force=force)
+        removal = await self._locked(self._store.remove, refs, force=force)
         return dataclasses.replace(removal, unloaded=unloaded)
 
     async def _end_workers(self, rows: builtins.list[LoadedModel], force: bool, verb: str) -> builtins.list[str]:
@@ -223,7 +234,7 @@ class ModelService:
 
     async def prune(self) -> PruneResult:
         """Delete partial downloads nobody writes and blobs no model or pull uses."""
-        return PruneResult(**await asyncio.to_thread(self._store.prune))
+        return PruneResult(**await self._locked(self._store.prune))
 
     async def purge(self, *, force: bool = False) -> PurgeResult:
         """Unload every model, then delete every stored model and blob (pulls in flight keep theirs).
@@ -231,7 +242,7 @@ class ModelService:
         ModelInUse (409) without ``force`` when a loaded model is busy.
         """
         unloaded = await self._end_workers(self._loaded(loading=True), force, "purge")
-        report = await asyncio.to_thread(self._store.purge)
+        report = await self._locked(self._store.purge)
         return PurgeResult(models=report["models"], bytes=report["bytes"], unloaded=len(unloaded))
 
     async def df(self) -> DiskUsage:
@@ -254,7 +265,7 @@ class ModelService:
         runner = await self.ready_runner()
         runner.remote.refuse([ref], "configure")
         settings = model_settings(context_size=context_size, keep_alive=keep_alive, threads=threads, parallel=parallel)
-        record = await asyncio.to_thread(self._store.configure, ref, **settings)
+        record = await self._locked(self._store.configure, ref, **settings)
         reloaded, pending = await runner.reconfigure(record.id)
         return Reconfigured(record, reloaded, pending)
 
