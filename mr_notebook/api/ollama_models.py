@@ -269,6 +269,6 @@ class CopyHandler(OllamaHandler):
         source, destination = body.get("source"), body.get("destination")
         if not isinstance(source, str) or not source or not isinstance(destination, str) or not destination:
             raise InvalidRequest('Send {"source": "ai/smollm2", "destination": "ai/smollm2:mine"}.', "destination")
-        await asyncio.to_thread(self.ctx.store.tag, source, destination)
+        await self.ctx.service.tag(source, destination)
         self.set_status(200)
         self.finish()

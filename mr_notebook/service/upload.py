@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from filelock import FileLock
 
 from mr_notebook.errors import InvalidModelFile, InvalidRequest, StoreError
+from mr_notebook.service.core import in_thread
 from mr_notebook.store.files import fsync_dir
 from mr_notebook.store.gguf_meta import read_gguf_info
 from mr_notebook.store.records import GGUF_MEDIA_TYPE, ModelFile
@@ -94,7 +95,8 @@ class Upload:
             raise InvalidModelFile("The upload is empty or too short to be a GGUF file; send the file's bytes.")
         await self._flush()
         try:
-            return await asyncio.to_thread(self._publish)
+            # Publishing takes the index lock: on a thread of its own, not the shared pool (see core.in_thread).
+            return await in_thread(self._publish, None, f"upload {self.ref}")
         finally:
             await self.abort()
 
