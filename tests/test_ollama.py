@@ -140,9 +140,15 @@ def test_num_ctx_reloads_the_model_with_that_context(server: ServerProcess) -> N
     c.chat(model=EFFORT, messages=ASK)
     c.chat(model=EFFORT, messages=ASK, options={"num_ctx": 1024})
     assert worker() == (reloaded, 1024)  # no num_ctx, or the same one: the loaded model serves
-    with pytest.raises(ollama.ResponseError) as bad:
-        c.chat(model=EFFORT, messages=ASK, options={"num_ctx": "big"})
-    assert bad.value.status_code == 400 and "num_ctx" in bad.value.error
+    for wrong in ("big", 8, 1 << 40):
+        with pytest.raises(ollama.ResponseError) as bad:
+            c.chat(model=EFFORT, messages=ASK, options={"num_ctx": wrong})
+        assert bad.value.status_code == 400 and "num_ctx" in bad.value.error
+    # More than the memory budget holds: a clear 507 (the model loads again with what fits afterwards).
+    with pytest.raises(ollama.ResponseError) as huge:
+        c.chat(model=EFFORT, messages=ASK, options={"num_ctx": 1 << 24})
+    assert huge.value.status_code == 507 and "context" in huge.value.error
+    assert c.chat(model=EFFORT, messages=ASK).message.content
 
 
 def test_embed_and_legacy_embeddings(server: ServerProcess) -> None:

@@ -24,6 +24,8 @@ _OPTIONS = {
 
 #: The smallest ``num_ctx`` accepted: below it llama.cpp's batch and the chat template itself do not fit.
 MIN_NUM_CTX = 64
+#: The largest: more than any model's trained context (llama.cpp keeps the context size in 32 bits).
+MAX_NUM_CTX = 1 << 24
 
 
 def num_ctx(body: dict[str, Any]) -> int | None:
@@ -32,9 +34,10 @@ def num_ctx(body: dict[str, Any]) -> int | None:
     value = options.get("num_ctx") if isinstance(options, dict) else None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_NUM_CTX:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_NUM_CTX <= value <= MAX_NUM_CTX:
         raise InvalidRequest(
-            f"options.num_ctx must be an integer of at least {MIN_NUM_CTX} (the context size in tokens, e.g. 4096).",
+            f"options.num_ctx must be an integer from {MIN_NUM_CTX} to {MAX_NUM_CTX} (the context size in "
+            "tokens, e.g. 4096).",
             "options",
         )
     return value
