@@ -26,6 +26,7 @@ from mr_notebook.errors import (
     InvalidModelFile,
     InvalidRequest,
     ModelInUse,
+    ModelLoadError,
     ModelNotFound,
     MrNotebookError,
     RemoteEngineError,
@@ -326,5 +327,18 @@ async def test_remote_engines_models_are_inspected_and_loaded_but_never_removed(
         for verb in (service.rm(["box/qwen"]), service.configure("box/qwen", context_size=512)):
             with pytest.raises(InvalidRequest, match="remote engine box"):
                 await verb
+    finally:
+        await service.close()
+
+
+async def test_a_worker_that_dies_before_reading_its_orders_is_a_load_error(store: Store) -> None:
+    # PYTHONHOME pointing nowhere: the worker's interpreter dies at start, before it reads the load message, so
+    # our socket is reset; that is a ModelLoadError quoting what it printed, not a ConnectionResetError (a 500).
+    settings = EngineSettings(keep_alive=30, extra_env={"PYTHONHOME": "/nonexistent"})
+    service = ModelService(store, settings=settings)
+    try:
+        with pytest.raises(ModelLoadError, match=r"exited with code 1 while loading.*encodings"):
+            await service.load("ai/tiny")
+        assert await service.ps() == []
     finally:
         await service.close()

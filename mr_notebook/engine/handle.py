@@ -208,6 +208,10 @@ class WorkerHandle:
         self._writer.write(encode({"op": "load", "config": self.config}))
         try:
             ready = await asyncio.wait_for(self._reader.readline(), timeout)
+        except (ConnectionError, ValueError):
+            # It died before reading what we sent (its socket was reset), or sent a line past the limit: either
+            # way no model is loaded, and what it printed says why (closing below collects it).
+            ready = b""
         except asyncio.TimeoutError:
             await self.close()
             raise ModelLoadError(
