@@ -1,6 +1,9 @@
 """Continuous batching: raw llama-cpp-python (one stream, every physical core) vs the API at concurrency 1, 4, 8.
 
-One run, interleaved repetitions (raw, api×1, api×4, api×8, raw, …) so machine noise hits every side alike.
+One run, interleaved repetitions (raw, direct, api×1, api×4, api×8, raw, …) so machine noise hits every side
+alike. "direct w=N" is llama.cpp alone (ctypes, no server, N sequences per ``llama_decode``): the ceiling of any
+llama.cpp engine on this machine, so the API rows show what serving costs and the w=4 / w=1 ratio shows what
+batching itself can give on this CPU.
 SmolLM2-135M, greedy, ``--tokens`` per request, ``--requests`` requests per measurement (distinct prompts).
 Reports aggregate tok/s, time to first token p50/p95, inter-token p95 (gap between streamed deltas), how many
 streams completed, and whether every greedy output equals the concurrency-1 output of the same prompt.
@@ -27,6 +30,7 @@ from typing import Any
 
 import httpx
 import llama_cpp
+import llama_cpp.llama_chat_format as llama_chat_format
 
 sys.path.insert(0, str(Path(__file__).parent))
 from api import start_server  # the same server start as bench/api.py
@@ -94,6 +98,76 @@ def raw(llama: llama_cpp.Llama, requests: int, tokens: int) -> Measure:
         for chunk in llama.create_chat_completion(messages(i), stream=True, temperature=0.0, max_tokens=tokens):
             stream.choice(chunk["choices"][0])  # type: ignore[index]
         streams.append(stream)
+    return Measure(time.perf_counter() - start, streams)
+
+
+def direct(llama: llama_cpp.Llama, requests: int, tokens: int, width: int) -> Measure:
+    """llama.cpp alone, no server and no per-token Python beyond a greedy sampler call: ``width`` sequences per
+    ``llama_decode`` in groups (prompts prefilled in one batch, then one token of each per step). This is the
+    ceiling any llama.cpp engine reaches on this machine at that width; the API's rows are judged against it."""
+    model = llama.model
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048 * width, 2048, 512
+    params.n_seq_max, params.kv_unified = width, False
+    params.n_threads = params.n_threads_batch = llama.n_threads
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the engine (determinism)
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    batch = llama_cpp.llama_batch_init(2048, 0, 1)
+    greedy = llama_cpp.llama_sampler_init_greedy()
+    formatter = llama_chat_format.Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], "", "")
+
+    def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+        batch.seq_id[i][0] = seq
+
+    streams: list[Stream] = []
+    start = time.perf_counter()
+    try:
+        for group in range(0, requests, width):
+            ids = list(range(group, min(group + width, requests)))
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            prompts = [
+                llama.tokenize(formatter(messages=messages(i)).prompt.encode(), add_bos=False, special=True)
+                for i in ids
+            ]
+            mine = [Stream() for _ in ids]
+            n, rows = 0, []
+            for seq, prompt in enumerate(prompts):
+                for pos, token in enumerate(prompt):
+                    put(n, token, pos, seq, pos == len(prompt) - 1)
+                    n += 1
+                rows.append(n - 1)
+            positions = [len(p) for p in prompts]
+            live = list(range(len(ids)))
+            for _ in range(tokens + 1):
+                batch.n_tokens = n
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise SystemExit("llama_decode failed in the direct measurement")
+                n, next_rows, still = 0, [], []
+                for seq, row in zip(live, rows, strict=True):
+                    token = llama_cpp.llama_sampler_sample(greedy, ctx, row)
+                    stream = mine[seq]
+                    if llama_cpp.llama_vocab_is_eog(vocab, token) or stream.tokens >= tokens:
+                        stream.complete = True
+                        continue
+                    piece = llama.detokenize([token]).decode("utf-8", "ignore") or " "
+                    stream.choice({"delta": {"content": piece}})
+                    put(n, token, positions[seq], seq, True)
+                    positions[seq] += 1
+                    next_rows.append(n)
+                    still.append(seq)
+                    n += 1
+                live, rows = still, next_rows
+                if not live:
+                    break
+            for stream in mine:
+                stream.complete = True
+            streams.extend(mine)
+    finally:
+        llama_cpp.llama_sampler_free(greedy)
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
     return Measure(time.perf_counter() - start, streams)
 
 
@@ -191,9 +265,13 @@ def main() -> None:
             llama = llama_cpp.Llama(str(smol), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
             raw(llama, 1, 8)  # warm up both sides (page cache, model load, first allocation)
             api(url, "ai/smollm2:135m", 1, 8, 1)
-            results: dict[str, list[Measure]] = {"raw c=1": [], "api c=1": [], "api c=4": [], "api c=8": []}
+            results: dict[str, list[Measure]] = {
+                "raw c=1": [], "direct w=1": [], "direct w=4": [], "api c=1": [], "api c=4": [], "api c=8": [],
+            }  # fmt: skip
             for _ in range(args.reps):
                 results["raw c=1"].append(raw(llama, args.requests, args.tokens))
+                for width in (1, 4):
+                    results[f"direct w={width}"].append(direct(llama, args.requests, args.tokens, width))
                 for c in (1, 4, 8):
                     results[f"api c={c}"].append(api(url, "ai/smollm2:135m", args.requests, args.tokens, c))
         finally:
@@ -214,7 +292,7 @@ def main() -> None:
         a.text == r.text for a, r in zip(results["api c=1"][0].streams, results["raw c=1"][0].streams, strict=True)
     )
     for name, measures in results.items():
-        report(name, measures, baseline, None if name.startswith("raw") else reference)
+        report(name, measures, baseline, None if name.startswith(("raw", "direct")) else reference)
     print(f"raw c=1 outputs equal to api c=1: {raw_same}/{args.requests}")
 
 
