@@ -118,6 +118,10 @@ def test_calls_whose_marker_is_a_hidden_control_token() -> None:
 
 
 def test_other_call_shapes() -> None:
+    # A raw control character inside a string (a grammar lets it through; strict JSON would refuse it).
+    tabbed = '<tool_call>{"name": "get_time", "arguments": {"city": "O\tslo"}}</tool_call>'
+    calls, _ = parse_calls(tabbed, "hermes", TOOLS)
+    assert calls[0].arguments == {"city": "O\tslo"}
     calls, rest = parse_calls('[TOOL_CALLS]get_time[ARGS]{"city": "Oslo"}', "mistral", TOOLS)
     assert [(c.name, c.arguments) for c in calls] == [("get_time", {"city": "Oslo"})] and rest == ""
     calls, _ = parse_calls('<|python_tag|>{"name": "get_time", "parameters": {"city": "Rome"}}', "llama3", TOOLS)
@@ -162,6 +166,11 @@ def test_gpt_oss_channels_split(step: int) -> None:
     assert run(GPT_OSS_CALL, None)[0] == '{"city": "Paris"}'
     assert run(GPT_OSS_CALL.replace('"Paris"}', '"Par'), TOOLS)[0] == '{"city": "Par'
     assert run("Just text, no channels.", None) == ("Just text, no channels.", "", [])
+    # The recipient may come first, and the <|end|> control token may be missing (llama.cpp hides it).
+    call = 'to=functions.get_time<|channel|>commentary json<|message|>{"city": "Oslo"}'
+    analysis = "<|channel|>analysis<|message|>Time, then.<|start|>assistant "
+    assert run(analysis + call, TOOLS) == ("", "Time, then.", [("get_time", {"city": "Oslo"})])
+    assert run(" " + call, TOOLS) == ("", "", [("get_time", {"city": "Oslo"})])
     assert detect_family(HARMONY_TEMPLATE) == "gpt_oss" and template_thinks(HARMONY_TEMPLATE)
 
 

@@ -24,7 +24,7 @@ from mr_notebook.api.tools import ToolCall, held_back
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 #: Markers that end a message body (``<|call|>`` and ``<|return|>`` end the answer: the engine stops there).
 _BODY_ENDS = (END, "<|call|>", "<|return|>", START)
-_HEADER_STARTS = (START, CHANNEL, " to=")
+_HEADER_STARTS = (START, CHANNEL, "to=")  # the recipient may come before the channel
 _RECIPIENT = re.compile(r"to=([^\s<]+)")
 _CHANNEL_NAME = re.compile(r"<\|channel\|>\s*(\w+)")
 
@@ -63,7 +63,7 @@ class HarmonySplitter:
             return
         name = self.recipient.removeprefix("functions.")
         try:
-            arguments = json.loads(self.call_body) if self.call_body.strip() else {}
+            arguments = json.loads(self.call_body, strict=False) if self.call_body.strip() else {}
         except json.JSONDecodeError:
             arguments = None
         if isinstance(arguments, dict) and name:

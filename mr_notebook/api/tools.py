@@ -93,7 +93,8 @@ class ToolCall:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-_DECODER = json.JSONDecoder()
+#: Not strict: control characters inside strings (which grammars let through) still parse.
+_DECODER = json.JSONDecoder(strict=False)
 
 
 def _json_values(text: str) -> list[Any] | None:
