@@ -205,13 +205,13 @@ def test_pull_reports_progress(engine: Engine) -> None:
 
 def test_load_chat_ps_unload(engine: Engine) -> None:
     entry = engine.load("ai/tiny")
-    assert entry["model"] == "ai/tiny" and entry["pid"] > 0 and entry["memory"] > 0
+    assert entry["model"] == "ai/tiny:latest" and entry["pid"] > 0 and entry["memory"] > 0
     with engine.chat_stream("ai/tiny", HI, temperature=0) as stream:
         assert isinstance(stream, ChatStream)
         assert stream.text() == DEFAULT_REPLY
     assert stream.finish_reason == "stop"
     assert stream.usage is not None and stream.usage["completion_tokens"] > 0
-    assert [e["model"] for e in engine.ps()] == ["ai/tiny"]
+    assert [e["model"] for e in engine.ps()] == ["ai/tiny:latest"]
     assert engine.unload(["ai/tiny"]) == 1
     assert engine.ps() == []
 

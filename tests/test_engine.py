@@ -236,7 +236,7 @@ async def test_queue_limit(store: Store) -> None:
             await stream.__anext__()
         waiting = runner.chat("ai/loop", HI, params(max_tokens=2))
         task = asyncio.create_task(waiting.__anext__())  # type: ignore[arg-type]
-        await wait_until(lambda: runner.queue_depth() == {"ai/loop": 1})
+        await wait_until(lambda: runner.queue_depth() == {"ai/loop:latest": 1})
         with pytest.raises(QueueFull):
             await collect(runner.chat("ai/loop", HI, params()))
         await running[0].aclose()  # type: ignore[attr-defined]
@@ -310,7 +310,7 @@ async def test_memory_budget_and_max_models(store: Store) -> None:
     try:
         first = await single.load("ai/tiny")
         second = await single.load("ai/second")
-        assert [s.model for s in single.ps()] == ["ai/second"]
+        assert [s.model for s in single.ps()] == ["ai/second:latest"]
         await wait_until(lambda: gone(first.pid))
         assert second.pid != first.pid
         assert await single.unload() == 1
@@ -329,7 +329,7 @@ def test_sync_runner_from_plain_code(store: Store) -> None:
         stream.close()  # cancels in the worker
         assert [c.finish_reason for c in engine.complete("ai/loop", "go", params(max_tokens=2))][-1] == "length"
         assert len(engine.embed("ai/tiny", ["x"]).vectors) == 1
-        assert {s.model for s in engine.ps()} == {"ai/tiny", "ai/loop"}
+        assert {s.model for s in engine.ps()} == {"ai/tiny:latest", "ai/loop:latest"}
         assert engine.unload(["ai/loop"]) == 1
     finally:
         engine.close()

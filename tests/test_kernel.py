@@ -245,10 +245,10 @@ def test_server_kernels_and_external_clients_share_one_loaded_model(jupyter: dic
         while time.monotonic() < deadline:
             rows = httpx.get(mr + "engines/ps", headers={"Authorization": f"Bearer {TOKEN}"}).json()
             busy = {r["model"]: (r["in_flight"], r["queued"]) for r in rows}
-            if busy.get("ai/loop") == (0, 0):
+            if busy.get("ai/loop:latest") == (0, 0):
                 break
             time.sleep(0.05)
-        assert busy["ai/loop"] == (0, 0)
+        assert busy["ai/loop:latest"] == (0, 0)
     finally:
         kc.stop_channels()
         httpx.delete(jupyter["url"] + f"api/kernels/{kernel_id}", headers=jupyter["headers"])

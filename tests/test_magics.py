@@ -305,7 +305,7 @@ def test_interrupt_stops_the_generation(ip: InteractiveShell) -> None:
     deadline = time.monotonic() + 10
     while any(e["in_flight"] or e["queued"] for e in engine.ps()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [(e["in_flight"], e["queued"]) for e in engine.ps() if e["model"] == "ai/loop"] == [(0, 0)]
+    assert [(e["in_flight"], e["queued"]) for e in engine.ps() if e["model"] == "ai/loop:latest"] == [(0, 0)]
     assert "_chat" not in ip.user_ns and not kernel_state(ip).conversation("ai/loop").entries
     result, out = run(ip, "%%chat -m ai/loop --max-tokens 3\nAgain")
     assert result.success and out.stdout.startswith("one two")

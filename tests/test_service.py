@@ -106,21 +106,21 @@ async def test_rm_unloads_an_idle_model_and_refuses_a_busy_one_without_force(ser
     await service.tag("ai/tiny", "ai/alias")
     # One of two names: the model stays, and so does its worker.
     assert (await service.rm(["ai/alias"])).unloaded == []
-    assert [r.model for r in await service.ps()] == ["ai/tiny"]
+    assert [r.model for r in await service.ps()] == ["ai/tiny:latest"]  # named as list names it
     removal = await service.rm(["ai/tiny"])
-    assert removal.unloaded == ["ai/tiny"] and removal.deleted
+    assert removal.unloaded == ["ai/tiny:latest"] and removal.deleted
     await wait_until(lambda: not alive(row.pid))
     # A model answering a request is not deleted under it without force.
     runner = await service.ready_runner()
     params = GenerationParams.from_request({"max_tokens": 2000})
     stream = runner.chat("ai/loop", HI, params)
     await stream.__anext__()
-    with pytest.raises(ModelInUse, match=r"ai/loop \(1 running, 0 waiting\).*force"):
+    with pytest.raises(ModelInUse, match=r"ai/loop:latest \(1 running, 0 waiting\).*force"):
         await service.rm(["ai/loop"])
     assert (await service.inspect("ai/loop")).name == "ai/loop:latest"
     (busy,) = await service.ps()
     forced = await service.rm(["ai/loop"], force=True)
-    assert forced.unloaded == ["ai/loop"] and forced.deleted
+    assert forced.unloaded == ["ai/loop:latest"] and forced.deleted
     with pytest.raises(MrNotebookError):  # its request ends with an error, not silence
         async for _ in stream:
             pass
@@ -156,7 +156,10 @@ async def test_configure_validates_and_reloads_idle_and_busy_workers(service: Mo
     assert first.context_size == 256
     # Idle: reloaded now, with the new settings.
     done = await service.configure("ai/tiny", context_size=512, keep_alive="10m")
-    assert done.reloaded == ["ai/tiny"] and done.to_json()["settings"] == {"context_size": 512, "keep_alive": 600.0}
+    assert done.reloaded == ["ai/tiny:latest"] and done.to_json()["settings"] == {
+        "context_size": 512,
+        "keep_alive": 600.0,
+    }
     await wait_until(lambda: any(r.context_size == 512 for r in service._loaded()))
     assert not alive(first.pid)
     # Busy: its request finishes on the old worker, then the new settings apply.
@@ -165,10 +168,10 @@ async def test_configure_validates_and_reloads_idle_and_busy_workers(service: Mo
     stream = runner.chat("ai/loop", HI, GenerationParams.from_request({"max_tokens": 40}))
     await stream.__anext__()
     done = await service.configure("ai/loop", context_size=256)
-    assert done.pending == ["ai/loop"] and done.reloaded == []
+    assert done.pending == ["ai/loop:latest"] and done.reloaded == []
     rest = await collect(stream)
     assert rest.finish_reason == "length"
-    await wait_until(lambda: any(r.model == "ai/loop" and r.context_size == 256 for r in service._loaded()))
+    await wait_until(lambda: any(r.model == "ai/loop:latest" and r.context_size == 256 for r in service._loaded()))
     assert not alive(loop_row.pid)
 
 
@@ -179,6 +182,9 @@ async def test_load_reports_progress_and_returns_the_ps_row(service: ModelServic
     assert "ai/tiny" in events[0].message and str(row.pid) in events[-1].message
     assert row.keep_alive == 120 and row.expires_at is not None
     assert row.to_json() == (await service.ps())[0].to_json()
+    # Whatever spelling loads it (short name, full name, id prefix), ps names it as list does, once.
+    by_id = await service.load((await service.inspect("ai/tiny")).id.removeprefix("sha256:")[:12])
+    assert (row.model, by_id.model, by_id.pid) == ("ai/tiny:latest", "ai/tiny:latest", row.pid)
     assert row.to_json()["expires_at"].endswith("Z")
     answer = await collect((await service.ready_runner()).chat("ai/tiny", HI, GenerationParams.from_request({})))
     assert answer.text == DEFAULT_REPLY
@@ -273,7 +279,7 @@ def test_sync_service_runs_the_same_rules_for_code_without_a_loop(store: Store) 
         finally:
             served.stop()
         removal = sync.call(sync.service.rm(["ai/tiny"]))
-        assert removal.unloaded == ["ai/tiny"]
+        assert removal.unloaded == ["ai/tiny:latest"]
         assert sync.call(sync.service.status()).loaded_models == 0
     finally:
         sync.close()

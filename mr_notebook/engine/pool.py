@@ -24,13 +24,23 @@ from mr_notebook.errors import (
     QueueFull,
 )
 from mr_notebook.settings import EngineSettings, parse_duration
-from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, ModelRecord, Store, format_bytes
+from mr_notebook.store import CHAT_TEMPLATE_MEDIA_TYPE, ModelRecord, Store, format_bytes, parse_ref
 from mr_notebook.store.pull.common import PullProgress
 
 log = logging.getLogger(__name__)
 
 #: Sequences a model's worker runs at once (llama-server's -np, Ollama's OLLAMA_NUM_PARALLEL default is 4 too).
 DEFAULT_PARALLEL = 4
+
+
+def shown_name(model: str, record: ModelRecord) -> str:
+    """The name ``ps`` shows for a loaded model, whatever spelling loaded it: the normalized reference
+    (``ai/tiny`` → ``ai/tiny:latest``, as ``list`` shows it), or the model's first name when asked by id."""
+    try:
+        name = str(parse_ref(model))
+    except ValueError:
+        return record.name
+    return name if name in record.tags else record.name
 
 
 class WorkerPool:
@@ -216,7 +226,7 @@ class WorkerPool:
         if handle is not None and handle.alive and context_size and handle.config.get("n_ctx") != context_size:
             await self._retire(handle)
         if handle is None or not handle.alive:
-            handle = await self._load(model, record, context_size)
+            handle = await self._load(shown_name(model, record), record, context_size)
         if queued and handle.queued >= self.settings.max_queue:
             raise QueueFull(
                 f"{handle.queued} requests are already waiting for model {handle.name} "
