@@ -30,6 +30,7 @@ from mr_notebook.errors import (
     ModelNotFound,
     MrNotebookError,
     RemoteEngineError,
+    StoreError,
     error_for_code,
 )
 from mr_notebook.service import LoadedModel, ModelService, Progress, Removal, SyncService
@@ -247,6 +248,9 @@ async def test_upload_streams_hashes_and_publishes_only_a_whole_gguf(
             await service.inspect(name)
     assert {p.name for p in store.blobs_dir.iterdir()} == before
     assert list((store.home / "uploads").glob("*.part")) == []
+    # An announced size the disk cannot hold is refused at the first write, before the disk fills.
+    with pytest.raises(StoreError, match="Not enough disk space"):
+        await _upload(service, "me/huge", data * (FLUSH_SIZE // len(data) + 1), size=2**60)
     # A server killed mid-upload leaves its partial file: prune deletes it, but never one being received.
     (store.home / "uploads" / "left.part").write_bytes(b"GGUF" + b"\0" * 1000)
     running = service.upload("me/running")

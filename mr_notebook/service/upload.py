@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -22,7 +23,8 @@ from filelock import FileLock
 from mr_notebook.errors import InvalidModelFile, InvalidRequest, StoreError
 from mr_notebook.service.core import in_thread
 from mr_notebook.store.files import fsync_dir
-from mr_notebook.store.gguf_meta import read_gguf_info
+from mr_notebook.store.gguf_meta import format_bytes, read_gguf_info
+from mr_notebook.store.pull.common import DISK_RESERVE
 from mr_notebook.store.records import GGUF_MEDIA_TYPE, ModelFile
 
 if TYPE_CHECKING:
@@ -75,12 +77,25 @@ class Upload:
         if data:
             await asyncio.to_thread(self._write, data)
 
+    def _room(self, needed: int) -> None:
+        """Keep the pull's reserve free: a client streaming without end must not fill the store's disk."""
+        free = shutil.disk_usage(self.path.parent).free
+        if needed + DISK_RESERVE > free:
+            raise StoreError(
+                f"Not enough disk space in {self.store.home} for this upload ({format_bytes(needed)} more "
+                f"needed, {format_bytes(free)} free). Free some space (`mr-notebook rm`, `mr-notebook prune`), "
+                "then send it again."
+            )
+
     def _write(self, data: bytes) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._room(self.size if self.size is not None else len(data))  # the whole file when announced
             self._lock = FileLock(str(self.path) + ".lock", timeout=0)
             self._lock.acquire()
             self._file = open(self.path, "wb")  # noqa: SIM115 - kept open across writes, closed in _close
+        else:
+            self._room(len(data))
         try:
             self._file.write(data)
         except OSError as exc:
