@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from mr_notebook.store import Store
-from mr_notebook.testing.registry import free_port
 from mr_notebook.testing.tiny_model import DEFAULT_REPLY, TinyModelFactory
 
 MODEL = "ai/llama3.2:1B-Q8_0"  # the seed article's model name, on a tiny model
@@ -115,25 +114,27 @@ class JupyterProcess(ServerProcess):
     def __init__(self, home: Path, root: Path, timeout: float = 60.0) -> None:
         self.home, self.name, self.key = home, "jupyter", self.TOKEN
         self.log_path = root / "jupyter.log"
-        port = free_port()
-        env = child_env(home, {"JUPYTER_RUNTIME_DIR": str(root / "runtime"), "JUPYTER_CONFIG_DIR": str(root / "cfg")})
-        command = [sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--no-browser"]
+        runtime = root / "runtime"
+        env = child_env(home, {"JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(root / "cfg")})
+        # Port 0: the server picks a free one and writes it to its runtime file (no race for a port).
+        command = [sys.executable, "-m", "jupyter_server", "--port=0", "--ip=127.0.0.1", "--no-browser"]
         command += [f"--IdentityProvider.token={self.TOKEN}", f"--ServerApp.root_dir={root}", "--allow-root"]
         command += [f"--ServerApp.jpserver_extensions={self.EXTENSIONS}"]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        self.url = f"http://127.0.0.1:{port}/mr/"
+        self.url = ""
         deadline = time.monotonic() + timeout
-        while not self._answers():
+        while not self._answers(runtime / f"jpserver-{self.proc.pid}.json"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"jupyter server did not start:\n{self.log()}")
             time.sleep(0.1)
 
-    def _answers(self) -> bool:
+    def _answers(self, runtime_file: Path) -> bool:
         try:
+            self.url = self.url or str(json.loads(runtime_file.read_text())["url"]) + "mr/"
             return httpx.get(self.url + "engines/status", headers=self.headers, timeout=2).status_code == 200
-        except httpx.HTTPError:
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
             return False
 
 
