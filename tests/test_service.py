@@ -25,6 +25,7 @@ from mr_notebook.errors import (
     ERRORS,
     InvalidModelFile,
     InvalidRequest,
+    LocalFileNotFound,
     ModelInUse,
     ModelLoadError,
     ModelNotFound,
@@ -267,6 +268,12 @@ async def test_package_hard_links_a_file_on_the_same_filesystem(
     source.write_bytes(tiny_model_factory(reply="Packaged.", seed=3).read_bytes())
     record = await service.package(str(source), "me/packaged")
     assert store.paths(record)[0].stat().st_ino == source.stat().st_ino  # no byte copied
+    # Paths from a request are the caller's words: unreadable ones are a 400 naming the path, never a 500.
+    for path in ("/" + "a" * 5000 + ".gguf", str(tmp_path / "absent.gguf"), "bad\0path"):
+        with pytest.raises((LocalFileNotFound, InvalidRequest)):
+            await service.package(path, "me/bad")
+    with pytest.raises(InvalidModelFile):
+        await service.package(__file__, "me/bad")
 
 
 def test_sync_service_runs_the_same_rules_for_code_without_a_loop(store: Store) -> None:

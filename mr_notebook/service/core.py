@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mr_notebook import __version__
-from mr_notebook.errors import InvalidRequest, ModelInUse
+from mr_notebook.errors import InvalidRequest, LocalFileNotFound, ModelInUse, MrNotebookError
 from mr_notebook.service.results import (
     DiskUsage,
     LoadedModel,
@@ -130,7 +130,7 @@ class ModelService:
     def _loaded(self, *, loading: bool = False) -> builtins.list[LoadedModel]:
         """Loaded models; with ``loading``, models whose worker is starting too (as busy: a request waits)."""
         runner = self._runner
-        if runner is None or not self._started:
+        if runner is None:
             return []
         rows = [LoadedModel.from_status(s) for s in runner.ps()]
         if loading:
@@ -181,9 +181,10 @@ class ModelService:
             if progress is not None:
                 loop.call_soon_threadsafe(progress, event)
 
-        return await in_thread(
-            lambda: pull(self._store, ref, progress=report, cancel=stop, env=self._env), stop, f"pull {ref}"
-        )
+        def run() -> PullResult:
+            return pull(self._store, ref, progress=report if progress else None, cancel=stop, env=self._env)
+
+        return await in_thread(run, stop, f"pull {ref}")
 
     async def package(self, path: str, name: str, *, link: bool = True) -> ModelRecord:
         """Add a GGUF file this process can read as ``name`` (split models: give part 1). Hard-linked into the
@@ -191,7 +192,19 @@ class ModelService:
         parse_ref(name)
         if not isinstance(path, str) or not path or "\0" in path:
             raise InvalidRequest("path must be the path of a .gguf file this server can read.", "path")
-        return await in_thread(lambda: self._store.import_gguf(path, name, link=link), None, f"package {name}")
+
+        def package() -> ModelRecord:
+            try:
+                return self._store.import_gguf(path, name, link=link)
+            except MrNotebookError:
+                raise
+            except OSError as exc:  # a name too long, a folder we may not read: the path is the problem
+                raise LocalFileNotFound(
+                    f"Cannot read {path[:200]!r} ({exc.strerror or exc}); give the path of a .gguf file this "
+                    "server can read."
+                ) from exc
+
+        return await in_thread(package, None, f"package {name}")
 
     def upload(self, name: str, *, size: int | None = None, digest: str | None = None) -> Upload:
         """Start receiving a GGUF file's bytes for model ``name`` (``POST /models/load``): they stream to a
