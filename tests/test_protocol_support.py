@@ -112,6 +112,13 @@ GPT_OSS_CALL = (
 #: A thinking Hermes model that writes a call inside its reasoning, then answers in words.
 THINK_TOOLS = "ai/think-tools:latest"
 THINK_TOOLS_REPLY = '<think>Maybe <tool_call>\n{"name": "pong", "arguments": {}}\n</tool_call> no.</think>Hello there!'
+#: Hostile replies around the lazy grammar's trigger: the marker glued to a wrong call, the marker then a call
+#: of a tool nobody offered, and a marker inside a string (the grammar must never see text it cannot take).
+TRIGGER_TRAPS = {
+    "ai/trap-glued:latest": '<tool_call>{"nope": 1}</tool_call><tool_call>',
+    "ai/trap-spaced:latest": '<tool_call>\n{"nope": 1, "name": []}\n</tool_call> <tool_call>\n\n\n\n\n\n\n\n\n\n<',
+    "ai/trap-quoted:latest": 'Say "<tool_call>" then {"name": "get_weather"',
+}
 CONTROL_MODELS = {
     THINK_TOOLS: (THINK_TOOLS_REPLY, _TOOLS_SYSTEM + THINK_TEMPLATE, ()),
     GPT_OSS: (GPT_OSS_REPLY, HARMONY_TEMPLATE, HARMONY_CONTROLS),
@@ -163,6 +170,8 @@ def fill_protocol_store(home: Path, factory: TinyModelFactory) -> Store:
     store = fill_store(home, factory)
     for name, (reply, template) in TOOL_MODELS.items():
         store.import_gguf(factory(reply=reply, chat_template=template), name)
+    for name, reply in TRIGGER_TRAPS.items():
+        store.import_gguf(factory(reply=reply, chat_template=HERMES_TEMPLATE), name)
     for name, (reply, template, controls) in CONTROL_MODELS.items():
         store.import_gguf(factory(reply=reply, chat_template=template, controls=controls), name)
     store.import_gguf(factory(reply=ANSWER_REPLY, chat_template=HERMES_TEMPLATE), ANSWERER)

@@ -36,6 +36,7 @@ from test_protocol_support import (
     THINKER,
     TIME_TOOL,
     TOOL_MODELS,
+    TRIGGER_TRAPS,
     WEATHER_TOOL,
     weather,
 )
@@ -363,6 +364,22 @@ def test_gpt_oss_channels_over_the_apis(server: ServerProcess) -> None:
     }
     raw = c.chat.completions.create(model=GPT_OSS, messages=ASK, extra_body={"reasoning_format": "none"})
     assert raw.choices[0].message.content == GPT_OSS_REPLY  # reasoning_format none: the text as generated
+
+
+@pytest.mark.parametrize("model", list(TRIGGER_TRAPS))
+def test_hostile_replies_around_the_grammar_trigger_never_break_the_worker(server: ServerProcess, model: str) -> None:
+    # llama.cpp aborts the process if its lazy grammar is handed text it cannot take; every trigger pattern
+    # captures only the marker and what the grammar accepts after it, whatever the model writes around it.
+    c = client(server)
+    for temperature in (0.0, 1.0):
+        answer = c.chat.completions.create(
+            model=model, messages=ASK, tools=[WEATHER_TOOL], max_tokens=48, temperature=temperature
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    (row,) = [r for r in server.ps() if r["model"] == model]
+    again = c.chat.completions.create(model=model, messages=ASK, tools=[WEATHER_TOOL], max_tokens=48)
+    assert again.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert [r["pid"] for r in server.ps() if r["model"] == model] == [row["pid"]]  # the same worker serves
 
 
 def test_two_step_tool_loop(server: ServerProcess) -> None:
