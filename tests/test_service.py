@@ -48,7 +48,9 @@ LOOP = "one two three "
 def store(tmp_path: Path, tiny_model_factory: TinyModelFactory) -> Store:
     store = Store(tmp_path / "home")
     store.import_gguf(tiny_model_factory(), "ai/tiny")
-    store.import_gguf(tiny_model_factory(reply=LOOP, never_stop=True), "ai/loop")
+    # Never stops, with room for 60,000 tokens: it stays busy for as long as a test needs it to.
+    store.import_gguf(tiny_model_factory(reply=LOOP, never_stop=True, context_length=65536), "ai/loop")
+    store.configure("ai/loop", context_size=65536)
     return store
 
 
@@ -114,7 +116,7 @@ async def test_rm_unloads_an_idle_model_and_refuses_a_busy_one_without_force(ser
     await wait_until(lambda: not alive(row.pid))
     # A model answering a request is not deleted under it without force.
     runner = await service.ready_runner()
-    params = GenerationParams.from_request({"max_tokens": 2000})
+    params = GenerationParams.from_request({"max_tokens": 60_000})
     stream = runner.chat("ai/loop", HI, params)
     await stream.__anext__()
     with pytest.raises(ModelInUse, match=r"ai/loop:latest \(1 running, 0 waiting\).*force"):
@@ -131,7 +133,7 @@ async def test_rm_unloads_an_idle_model_and_refuses_a_busy_one_without_force(ser
 
 async def test_purge_unloads_first_and_refuses_busy_models(service: ModelService) -> None:
     runner = await service.ready_runner()
-    stream = runner.chat("ai/loop", HI, GenerationParams.from_request({"max_tokens": 2000}))
+    stream = runner.chat("ai/loop", HI, GenerationParams.from_request({"max_tokens": 60_000}))
     await stream.__anext__()
     with pytest.raises(ModelInUse):
         await service.purge()
@@ -164,15 +166,17 @@ async def test_configure_validates_and_reloads_idle_and_busy_workers(service: Mo
     }
     await wait_until(lambda: any(r.context_size == 512 for r in service._loaded()))
     assert not alive(first.pid)
-    # Busy: its request finishes on the old worker, then the new settings apply.
+    # Busy: its request goes on on the old worker (not cut), then the new settings apply.
     runner = await service.ready_runner()
     loop_row = await service.load("ai/loop")
-    stream = runner.chat("ai/loop", HI, GenerationParams.from_request({"max_tokens": 40}))
+    stream = runner.chat("ai/loop", HI, GenerationParams.from_request({"max_tokens": 60_000}))
     await stream.__anext__()
     done = await service.configure("ai/loop", context_size=256)
     assert done.pending == ["ai/loop:latest"] and done.reloaded == []
-    rest = await collect(stream)
-    assert rest.finish_reason == "length"
+    for _ in range(20):
+        assert (await stream.__anext__()).text  # still answering, on the old worker
+    assert [r.pid for r in service._loaded() if r.model == "ai/loop:latest"] == [loop_row.pid]
+    await stream.aclose()  # type: ignore[attr-defined]  # it goes idle: now it reloads
     await wait_until(lambda: any(r.model == "ai/loop:latest" and r.context_size == 256 for r in service._loaded()))
     assert not alive(loop_row.pid)
 
