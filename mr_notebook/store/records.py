@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mr_notebook.digests import short_id
 from mr_notebook.store.gguf_meta import GGUFInfo, format_bytes, format_parameters
 
 GGUF_MEDIA_TYPE = "application/vnd.docker.ai.gguf.v3"
@@ -41,7 +42,7 @@ class ModelRecord:
 
     @property
     def short_id(self) -> str:
-        return self.id.removeprefix("sha256:")[:12]
+        return short_id(self.id)
 
     @property
     def size(self) -> int:
