@@ -201,11 +201,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _answer(engine: Engine, model: str, messages: list[dict[str, Any]]) -> str:
-    parts = []
+    """Stream the answer to stdout; a thinking model's reasoning goes to stderr as it comes (dimmed on a
+    terminal, as `%model run` shows it), so `mr-notebook run M "q" > answer.txt` keeps only the answer."""
+    parts: list[str] = []
+    shown, thinking = 0, False
+    dim, reset = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
     with engine.chat_stream(model, messages) as stream:
         for text in stream:
+            if len(stream.reasoning) > shown:
+                sys.stderr.write((dim if not shown else "") + stream.reasoning[shown:])
+                shown, thinking = len(stream.reasoning), True
+                sys.stderr.flush()
+            if text and thinking:  # the answer begins: close the reasoning with a blank line
+                sys.stderr.write(reset + "\n\n")
+                thinking = False
             parts.append(text)
             print(text, end="", flush=True)
+    if thinking:
+        sys.stderr.write(reset + "\n")
     print()
     return "".join(parts)
 

@@ -33,7 +33,8 @@ from mr_notebook.tables import configured_text, df_record, purged_text, removal_
 from mr_notebook.testing import TinyModelFactory
 from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.shell import magic_shell
-from mr_notebook.widgets import ModelManager
+from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
+from mr_notebook.widgets import ChatWidget, ModelManager
 
 PACKAGE = Path(mr_notebook.__file__).parent
 
@@ -178,6 +179,10 @@ LOOP = "one two three "
 TINY, LOOPER, ALIAS = "ai/tiny:latest", "ai/loop:latest", "ai/alias:v1"
 #: A GGUF repository of the local Hub (Hugging Face's protocol); stored under its normalized name.
 HUB_REF, PULLED = "hf.co/test/pulled-GGUF:Q8_0", "hf.co/test/pulled-gguf:Q8_0"
+#: A thinking model (Qwen 3 style template): every interface shows the answer without its <think> block.
+THINKER = "ai/thinker:latest"
+THINK_TEMPLATE = CHATML_TEMPLATE + "{% if enable_thinking is defined %}<think></think>{% endif %}"
+THINK_REPLY = "<think>The user says hi. <b>Two</b> words?</think>One two."
 
 
 @dataclass(frozen=True)
@@ -191,13 +196,15 @@ CASES = [
     Case("list", "list"),
     Case("pull", "pull", (HUB_REF,)),
     Case("pull what is there", "pull", (HUB_REF,)),
+    Case("chat with a thinking model", "chat", (THINKER, "hi")),
+    Case("unload", "unload", (THINKER,)),
     Case("inspect", "inspect", (TINY,)),
     Case("inspect a missing model", "inspect", ("ai/missing:latest",)),
     Case("inspect a name that does not parse", "inspect", ("Bad Name!",)),
     Case("tag", "tag", (TINY, ALIAS)),
     Case("rm one of two names", "rm", (ALIAS,)),
     Case("configure a model that is not loaded", "configure", (TINY, 256)),
-    Case("load", "load", (TINY,)),
+    Case("load by a short name", "load", ("ai/tiny",)),  # ps names it as list does, whoever spelt it
     Case("configure reloads an idle worker", "configure", (TINY, 320)),
     Case("rm a busy model without force", "rm_busy", (LOOPER,)),
     Case("rm a loaded idle model", "rm", (TINY,)),
@@ -209,7 +216,9 @@ CASES = [
 
 #: What the rules say, whatever the interface (a few answers are fully known in advance).
 EXPECTED: dict[str, Callable[[Any], bool]] = {
-    "list": lambda a: a == [LOOPER, TINY],
+    "list": lambda a: a == [LOOPER, THINKER, TINY],
+    "chat with a thinking model": lambda a: a == "One two.",
+    "unload": lambda a: a == [],
     "pull": lambda a: a[0].startswith(f"Pulled {PULLED} (") and a[1] is True,  # progress was shown
     "pull what is there": lambda a: a[0].startswith(f"Model {PULLED} is up to date"),
     "inspect a missing model": lambda a: a[0] == "error" and "pull ai/missing:latest" in a[1],
@@ -217,13 +226,13 @@ EXPECTED: dict[str, Callable[[Any], bool]] = {
     "tag": lambda a: a == [ALIAS, TINY],
     "rm one of two names": lambda a: a == [f"Untagged: {ALIAS}"],
     "configure a model that is not loaded": lambda a: "context_size=256" in a and "next load" in a,
-    "load": lambda a: a == [TINY],
+    "load by a short name": lambda a: a == [TINY],
     "configure reloads an idle worker": lambda a: "context_size=320" in a and "was reloaded" in a,
     "rm a busy model without force": lambda a: a[0] == "error" and "answering requests" in a[1],
     "rm a loaded idle model": lambda a: a[0] == f"Untagged: {TINY}" and a[1].startswith("Deleted: sha256:"),
     "ps": lambda a: a == [LOOPER],  # the removed model's worker was ended first; the busy one stayed
-    "df": lambda a: a.splitlines()[0].split() == ["Models", "2"],
-    "purge": lambda a: a.startswith("Deleted 2 model(s)") and "(unloaded 1 first)" in a,
+    "df": lambda a: a.splitlines()[0].split() == ["Models", "3"],
+    "purge": lambda a: a.startswith("Deleted 3 model(s)") and "(unloaded 1 first)" in a,
     "list after purge": lambda a: a == [],
 }
 
@@ -294,6 +303,14 @@ class EngineInterface(Interface):
     def tag(self, source: str, target: str) -> Answer:
         return sorted(self.engine.tag(source, target)["tags"])
 
+    def chat(self, model: str, prompt: str) -> Answer:
+        with self.engine.chat_stream(model, [{"role": "user", "content": prompt}]) as stream:
+            return stream.text()
+
+    def unload(self, model: str) -> Answer:
+        self.engine.unload([model])
+        return self.ps()
+
     def rm(self, ref: str) -> Answer:
         return removal_lines(self.engine.rm([ref]))
 
@@ -349,6 +366,14 @@ class HttpInterface(Interface):
 
     def tag(self, source: str, target: str) -> Answer:
         return sorted(self.call("POST", f"models/{source}/tag", json={"target": target})["model"]["tags"])
+
+    def chat(self, model: str, prompt: str) -> Answer:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        return self.call("POST", "v1/chat/completions", json=body)["choices"][0]["message"]["content"]
+
+    def unload(self, model: str) -> Answer:
+        self.call("POST", "engines/unload", json={"models": [model]})
+        return self.ps()
 
     def rm(self, ref: str) -> Answer:
         removal = self.call("DELETE", f"models/{ref}")
@@ -410,6 +435,15 @@ class CliInterface(Interface):
         self.mr("tag", source, target)
         return sorted(json.loads(self.mr("inspect", target))["tags"])
 
+    def chat(self, model: str, prompt: str) -> Answer:
+        answer = self.mr("run", model, prompt).strip()
+        assert self.stderr.getvalue().startswith("The user says hi."), self.stderr.getvalue()  # reasoning apart
+        return answer
+
+    def unload(self, model: str) -> Answer:
+        self.mr("unload", model)
+        return self.ps()
+
     def rm(self, ref: str) -> Answer:
         return self.mr("rm", ref).splitlines()
 
@@ -461,6 +495,16 @@ class MagicInterface(Interface):
     def tag(self, source: str, target: str) -> Answer:
         self.model(f"tag {source} {target}")
         return sorted(self.model(f"inspect {target}")[0]["tags"])
+
+    def chat(self, model: str, prompt: str) -> Answer:
+        shown = self.model(f"run {model} '{prompt}'")[1]
+        # A terminal shell writes the reasoning dimmed before the answer (a notebook collapses it above).
+        assert shown.startswith("\x1b[2mThe user says hi."), shown
+        return shown.split("\x1b[0m\n", 1)[1].strip()
+
+    def unload(self, model: str) -> Answer:
+        self.model(f"unload {model}")
+        return self.ps()
 
     def rm(self, ref: str) -> Answer:
         return self.model(f"rm {ref}")[1].splitlines()
@@ -520,6 +564,17 @@ class WidgetInterface(Interface):
     def rm(self, ref: str) -> Answer:
         return removal_lines(self.act(self.widget.remove(ref)))
 
+    def chat(self, model: str, prompt: str) -> Answer:
+        chat = ChatWidget(model, engine=self.remote)
+        try:
+            return chat.send(prompt, timeout=60)
+        finally:
+            chat.close()
+
+    def unload(self, model: str) -> Answer:
+        self.act(self.widget.unload(model))
+        return self.ps()
+
     def load(self, ref: str) -> Answer:
         self.act(self.widget.load(ref))
         return self.ps()
@@ -554,7 +609,11 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> 
 
 @pytest.fixture(scope="module")
 def models(tiny_model_factory: TinyModelFactory) -> dict[str, Path]:
-    return {TINY: tiny_model_factory(), LOOPER: tiny_model_factory(reply=LOOP, never_stop=True, context_length=8192)}
+    return {
+        TINY: tiny_model_factory(),
+        LOOPER: tiny_model_factory(reply=LOOP, never_stop=True, context_length=8192),
+        THINKER: tiny_model_factory(reply=THINK_REPLY, chat_template=THINK_TEMPLATE),
+    }
 
 
 @pytest.fixture(scope="module")
