@@ -6,6 +6,9 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -267,12 +270,12 @@ async def test_threads_and_parallel_settings(store: Store) -> None:
         for stream in streams[:3]:
             await stream.__anext__()
         waiting = asyncio.create_task(streams[3].__anext__())  # type: ignore[arg-type]
-        await wait_until(lambda: runner.sequences()["ai/loop"]["queued"] == 1)
-        await wait_until(lambda: runner.sequences()["ai/loop"]["batch_fill"] > 0)
+        await wait_until(lambda: runner.sequences()["ai/loop:latest"]["queued"] == 1)
+        await wait_until(lambda: runner.sequences()["ai/loop:latest"]["batch_fill"] > 0)
         metrics = Metrics()
         text = metrics.render(len(runner.ps()), runner.queue_depth, runner.sequences).decode()
-        assert 'mr_notebook_active_sequences{model="ai/loop"} 3.0' in text
-        assert 'mr_notebook_waiting_requests{model="ai/loop"} 1.0' in text
+        assert 'mr_notebook_active_sequences{model="ai/loop:latest"} 3.0' in text
+        assert 'mr_notebook_waiting_requests{model="ai/loop:latest"} 1.0' in text
         assert "mr_notebook_batch_fill" in text
         for stream in streams[:3]:
             await stream.aclose()  # type: ignore[attr-defined]
@@ -280,3 +283,28 @@ async def test_threads_and_parallel_settings(store: Store) -> None:
         await streams[3].aclose()  # type: ignore[attr-defined]
     finally:
         await runner.close()
+
+
+def test_decode_threads_give_way_to_other_processes() -> None:
+    """Under other processes' load the worker decodes with the cores left (llama.cpp threads stall otherwise)."""
+    from mr_notebook.engine.llama.cores import CoreShare, threads_for
+
+    assert threads_for(2, 2, 0.2) == 2  # our own server and client barely count
+    assert threads_for(2, 2, 0.7) == 1
+    assert threads_for(4, 8, 5.6) == 2
+    assert threads_for(4, 2, 3.0) == 1  # never fewer than one
+    assert threads_for(2, 16, 0.0) == 2  # never more than the setting
+
+    share = CoreShare(2)
+    share.cpus = 2  # judge as a 2-core machine whatever runs the test
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while share.current == 2 and time.monotonic() < deadline:
+            share.check()
+            time.sleep(0.1)
+        assert share.current == 1
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()

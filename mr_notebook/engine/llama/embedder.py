@@ -57,6 +57,11 @@ class Embedder:
             self._batch = Batch(int(llama_cpp.llama_n_batch(self._ctx)))
         return self._ctx, self._batch
 
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+        if self._ctx is not None:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+
     def prepare(self, inputs: list[Any]) -> list[list[int]]:
         """Tokenize (or check token ids of) every input, before any is evaluated."""
         _, batch = self._context()

@@ -21,6 +21,7 @@ from typing import Any
 import llama_cpp
 
 from mr_notebook.engine.llama.batch import Batch, new_context
+from mr_notebook.engine.llama.cores import CoreShare
 from mr_notebook.engine.llama.embedder import Embedder
 from mr_notebook.engine.llama.jobs import Choice, EmbedJob, Job, Slot
 from mr_notebook.engine.llama.model import Model
@@ -69,6 +70,7 @@ class Scheduler:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.prompt = ChatPrompt(model, config.get("chat_template") or model.chat_template())
         self.embedder = Embedder(model, config, self.threads)
+        self.cores = CoreShare(self.threads)
         self.slots = [Slot(seq) for seq in range(self.parallel)]
         self.batch = Batch(self.n_batch)
         self.inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
@@ -130,6 +132,8 @@ class Scheduler:
             self._flush()  # "started" and errors go out before a long step
             if self.embeds and (not self.running or self._embed_turn()):
                 self._embed_step()
+            if self.running or self.embeds:
+                self._share_cores()
             if self.running:
                 self._step()
             self._report()
@@ -404,6 +408,13 @@ class Scheduler:
         choice.held = ""
 
     # ------------------------------------------------------------------ embeddings and statistics
+
+    def _share_cores(self) -> None:
+        threads = self.cores.check()
+        if threads is not None:
+            log.info("decoding with %d of %d threads (other processes are using the rest)", threads, self.threads)
+            llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+            self.embedder.set_threads(threads)
 
     def _embed_turn(self) -> bool:
         """Beside running streams, embeddings get every other iteration, in small batches: a full embedding
