@@ -1,16 +1,12 @@
 """The IPython extension: ``%load_ext mr_notebook`` registers ``%model`` and ``%%chat``.
 
 Loading only registers the magics (no engine, no HTTP client, no llama_cpp); the connection to an engine
-is made by the first verb that needs it (see :func:`mr_notebook.client.connect`).
+is made by the first verb that needs it (see :mod:`mr_notebook.current`, the engine of this process).
 """
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mr_notebook.client import Engine
+from typing import Any
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -28,19 +24,6 @@ def unload_ipython_extension(ipython: Any) -> None:
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)
     magics.state.close()
-
-
-def shell_engine() -> Engine | None:
-    """The engine of this process (:mod:`mr_notebook.current`) when running inside IPython, else None."""
-    if "IPython" not in sys.modules:  # only look when IPython is there; importing it in a script is slow
-        return None
-    from IPython import get_ipython
-
-    if get_ipython() is None:
-        return None
-    from mr_notebook import current
-
-    return current.engine()
 
 
 def kernel_state(ipython: Any) -> Any:

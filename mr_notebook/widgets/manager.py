@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anywidget
 import traitlets
 
+from mr_notebook import current
 from mr_notebook.errors import Cancelled, MrNotebookError, PullRunning
 from mr_notebook.progress import Meter
 from mr_notebook.tables import model_rows
-from mr_notebook.widgets._common import STATIC, current_engine, engine_label, error_text
+from mr_notebook.widgets._common import STATIC, engine_label, error_text
 
 if TYPE_CHECKING:
     from mr_notebook.client import Engine, PullSummary
@@ -52,10 +53,7 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
 
     def __init__(self, *, engine: Engine | None = None, refresh_interval: float = 5.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if engine is None:
-            self._engine, self._owns_engine = current_engine()
-        else:
-            self._engine, self._owns_engine = engine, False
+        self._engine = engine if engine is not None else current.engine()  # the magics' too: not ours to close
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mr-notebook-manager")
         self._lock = threading.Lock()
         self._cancel_pull: threading.Event | None = None
@@ -152,7 +150,7 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
                 self._cancel_pull.set()
 
     def close(self) -> None:
-        """Stop polling and pulling, close the widget, and the engine if the widget opened it."""
+        """Stop polling and pulling and close the widget (the engine stays: it is the process's, or the caller's)."""
         if not hasattr(self, "_pool"):  # ipywidgets also calls close() on a widget whose __init__ failed
             super().close()
             return
@@ -160,9 +158,6 @@ class ModelManager(anywidget.AnyWidget):  # type: ignore[misc]
         self.cancel_pull()
         super().close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._owns_engine:
-            self._owns_engine = False
-            self._engine.close()
 
     # ------------------------------------------------------------------ plumbing
     def _act(self, name: str, label: str, call: Callable[[], T], done: str) -> Future[T]:
