@@ -33,19 +33,10 @@ from mr_notebook.errors import (
 from mr_notebook.store import Store
 from mr_notebook.testing import DEFAULT_REPLY, TinyModelFactory
 from mr_notebook.testing.hub import LocalHub
+from mr_notebook.testing.waiting import wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 LOOP = "one two three "
-
-
-def _wait(condition: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_server(home: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -66,7 +57,7 @@ def start_server(home: Path, env: dict[str, str] | None = None) -> tuple[subproc
             return None
         return info if info.get("pid") == process.pid else None
 
-    return process, _wait(announced, what="the server's runtime file")
+    return process, wait_for(announced, "the server's runtime file")
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
@@ -237,7 +228,7 @@ def test_close_from_another_thread_stops_generation(engine: Engine) -> None:
     def idle() -> bool:
         return all(e["in_flight"] == 0 and e["queued"] == 0 for e in engine.ps())
 
-    _wait(idle, 10, "the engine to stop generating")
+    wait_for(idle, "the engine to stop generating", 10)
     # The worker serves the next request at once (it is not still generating the cancelled one).
     with engine.chat_stream("ai/loop", HI, max_tokens=4) as stream:
         assert stream.text().startswith("one two")

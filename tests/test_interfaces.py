@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from mr_notebook.testing import TinyModelFactory
 from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.shell import magic_shell
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE
+from mr_notebook.testing.waiting import wait_for
 from mr_notebook.widgets import ChatWidget, ModelManager
 
 PACKAGE = Path(mr_notebook.__file__).parent
@@ -595,16 +595,6 @@ class WidgetInterface(Interface):
 #: What the widget has no control for (it shows a model's details and settings elsewhere: inspect, tag, configure
 #: and purge are magics/CLI/HTTP verbs).
 WIDGET_LACKS = {"inspect", "tag", "configure", "purge"}
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from mr_notebook.store.pull import PullProgress
 from mr_notebook.testing.hub import LocalHub
 from mr_notebook.testing.markup import FORMATTED, FORMATTED_HTML, PAYLOADS, inert_text
 from mr_notebook.testing.tiny_model import CHATML_TEMPLATE, TinyModelFactory
+from mr_notebook.testing.waiting import wait_for
 from mr_notebook.widgets import ChatBusy, ChatWidget, ModelManager, chat, manager
 from mr_notebook.widgets._common import MARKDOWN_LIBRARIES, bundle
 
@@ -34,17 +34,6 @@ THINK_TEMPLATE = CHATML_TEMPLATE + "{% if enable_thinking is defined %}<think></
 REASONING = "The user counts. <b>Five</b> words?"
 THINK_REPLY = f"<think>{REASONING}</think>One two."
 WAIT = 60.0
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``condition`` until it is truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
