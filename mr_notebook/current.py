@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,6 +69,20 @@ def use(new: Engine | None) -> None:
             _close_at_exit()
     if old is not None and old is not new:
         old.close()
+
+
+@contextmanager
+def using(engine: Engine) -> Iterator[Engine]:
+    """Make ``engine`` the one of this process for a block (another server for a few cells, a test); the
+    previous one comes back afterwards. Neither is closed."""
+    global _engine
+    with _lock:
+        previous, _engine = _engine, engine
+    try:
+        yield engine
+    finally:
+        with _lock:
+            _engine = previous
 
 
 def close() -> None:

@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from IPython.utils.capture import CapturedIO, capture_output
 
-from mr_notebook.errors import ModelNotFound
+from mr_notebook.errors import EngineUnavailable, ModelNotFound
 from mr_notebook.kernel import kernel_state
 from mr_notebook.kernel.chat import ChatReply, GenerationStopped
 from mr_notebook.store import Store
@@ -357,3 +357,25 @@ def test_remote_kernels_never_import_llama_cpp(home: Path) -> None:
         assert "MODULES []" in out.stdout
     finally:
         stop_server(process)
+
+
+def test_store_changing_verbs_refuse_a_server_on_another_machine(ip: InteractiveShell, tmp_path: Path) -> None:
+    """`%model import` adopts files into the engine's store itself: with a server whose store this machine does
+    not have, it says where to run it instead of creating a stray store at the server's path."""
+    from mr_notebook import current
+    from mr_notebook.client.local import LocalEngine
+    from mr_notebook.client.remote import RemoteEngine
+
+    served = LocalEngine(Store(tmp_path / "server-home"))
+    remote = RemoteEngine(served.serve())
+    try:
+        elsewhere = remote.status()["store"]
+        assert not Path(elsewhere).exists()  # nothing stored yet: as far as this machine sees, it is elsewhere
+        with current.using(remote):  # the shell's engine for these cells
+            for line in ("import --from /nowhere", "engine rm box"):
+                with pytest.raises(EngineUnavailable, match="on another machine"):
+                    ip.run_line_magic("model", line)
+        assert not Path(elsewhere).exists()
+    finally:
+        remote.close()
+        served.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
 from mr_notebook.digests import short_id
-from mr_notebook.errors import MrNotebookError
+from mr_notebook.errors import EngineUnavailable, MrNotebookError
 from mr_notebook.kernel.display import MarkdownText, short_error, show
 from mr_notebook.kernel.parsing import HelpShown, model_parser, split
 from mr_notebook.kernel.state import KernelState
@@ -96,8 +97,8 @@ class ModelMagics(Magics):
         if args.source is None or args.list:
             found = [f.to_json() for f in (discover() if args.source is None else find(args.source))]
             return found_table(found, "No models of Ollama, Hugging Face, Model Runner or LM Studio.")
-        # The files are on this machine's disk, and so is the engine's store (in the kernel, or a local server).
-        store = Store(self.state.engine.status().get("store") or None)
+        # Adopting files (hard link or reference) happens in the store itself: the engine's, on this machine.
+        store = Store(self._shared_store_home("import"))
         for item in import_models(store, args.source, args.models, link=not args.reference, name=args.name):
             _say(f"Imported {item.record.name} from {item.found.source} ({item.how}, nothing downloaded or copied).")
             for note in item.found.notes:
@@ -114,8 +115,20 @@ class ModelMagics(Magics):
             _say(engine_table(status["engines"], names))
             return
         # Engines live in the serving store's engines.json (the server re-reads it; keys stay there by name).
-        home = Store(status.get("store") or None).home
+        home = Store(self._shared_store_home("engine " + args.action)).home
         _say(engine_command(home, args.action, args.name, args.url, args.kind, args.api_key_env))
+
+    def _shared_store_home(self, verb: str) -> str | None:
+        """The engine's store folder when this machine holds it (in-kernel, or a server beside the kernel)."""
+        engine = self.state.engine
+        home = engine.status().get("store")
+        if engine.mode == "remote" and (not isinstance(home, str) or not Path(home).is_dir()):
+            raise EngineUnavailable(
+                f"`%model {verb}` changes the engine's store, and the engine at {engine.url} keeps it on another "
+                f"machine ({home}). Run `mr-notebook {verb}` there, or `%model package --gguf PATH NAME` to send "
+                "a file from here."
+            )
+        return home if isinstance(home, str) else None
 
     def _verb_list(self, args: Any) -> Any:
         models = self.state.engine.list()
