@@ -8,8 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mr_notebook.engine.llama.sampling import Sampler
+from mr_notebook.engine.llama.model import Model
+from mr_notebook.engine.llama.prompt import ChatPrompt
+from mr_notebook.engine.llama.sampling import Sampler, check_grammar
 from mr_notebook.engine.stops import StopMatcher
+from mr_notebook.errors import ContextLengthExceeded, InvalidRequest
 
 
 @dataclass
@@ -80,3 +83,49 @@ class EmbedJob:
     cancel: threading.Event
     next: int = 0
     prompt_tokens: int = 0
+
+
+def new_job(
+    request: dict[str, Any], cancel: threading.Event, model: Model, chat: ChatPrompt, *, n_ctx: int, parallel: int
+) -> Job:
+    """A request checked and tokenized: every mistake in it is an error here, before it takes a slot."""
+    params = request["params"]
+    if request["op"] == "chat":
+        prompt = chat.tokens(request["messages"], params)
+        param = "messages"
+    elif isinstance(request["prompt"], list):
+        prompt = list(request["prompt"])
+        model.check_tokens(prompt, "prompt")
+        param = "prompt"
+    else:
+        prompt = model.tokenize(request["prompt"], add_special=True, special=True)
+        param = "prompt"
+    if not prompt:
+        raise InvalidRequest("The prompt is empty; send some text.", param)
+    if len(prompt) >= n_ctx:
+        raise ContextLengthExceeded(
+            f"The prompt is {len(prompt)} tokens but this model's context holds {n_ctx} (and needs room "
+            "for the answer). Shorten the prompt or conversation, or raise the model's context size "
+            "(`mr-notebook configure MODEL --context-size N`).",
+            param,
+        )
+    n = int(params.get("n") or 1)
+    if n > parallel:
+        raise InvalidRequest(
+            f"n is {n} but this model runs at most {parallel} sequences at once; ask for fewer choices "
+            "or raise its parallel setting (`mr-notebook configure MODEL --parallel N`).",
+            "n",
+        )
+    grammar = check_grammar(model, params.get("response_format"))
+    top = (params.get("top_logprobs") or 0) if params.get("logprobs") else None
+    return Job(
+        rid=request["id"],
+        prompt=prompt,
+        params=params,
+        grammar=grammar,
+        stops=list(params.get("stop") or []),
+        cancel=cancel,
+        n=n,
+        top_logprobs=top,
+        max_tokens=params.get("max_tokens"),
+    )

@@ -1,7 +1,7 @@
 """Continuous batching: one thread owns the context and advances every running sequence per ``llama_decode``.
 
-Each step puts, in this order, the last sampled token of every generating sequence and then prompt chunks
-of sequences still being prefilled, up to ``n_batch`` tokens; so a long prompt loads in chunks between the
+Each step decodes the last sampled token of every generating sequence, then (in its own decode) the next
+chunk of ``n_batch`` tokens of the first prompt being loaded; so a long prompt loads in chunks between the
 other streams' tokens instead of stopping them. Requests are admitted between steps in arrival order into
 the free slot whose cached tokens share the longest prefix with the prompt (only the rest is evaluated);
 ``n`` > 1 evaluates the prompt once and copies it into the other choices' slots (``llama_memory_seq_cp``).
@@ -23,22 +23,19 @@ import llama_cpp
 from mr_notebook.engine.llama.batch import Batch, new_context
 from mr_notebook.engine.llama.cores import CoreShare
 from mr_notebook.engine.llama.embedder import Embedder
-from mr_notebook.engine.llama.jobs import Choice, EmbedJob, Job, Slot
+from mr_notebook.engine.llama.jobs import Choice, EmbedJob, Job, Slot, new_job
 from mr_notebook.engine.llama.model import Model
+from mr_notebook.engine.llama.outbox import Outbox
 from mr_notebook.engine.llama.prompt import ChatPrompt
-from mr_notebook.engine.llama.sampling import Sampler, check_grammar, logits_row, logprob_entry
-from mr_notebook.engine.protocol import encode, encode_delta, error_payload
+from mr_notebook.engine.llama.sampling import Sampler, logits_row, logprob_entry
+from mr_notebook.engine.protocol import error_payload
 from mr_notebook.engine.stops import StopMatcher
-from mr_notebook.errors import ContextLengthExceeded, InvalidRequest, MrNotebookError, WorkerCrashed
+from mr_notebook.errors import ContextLengthExceeded, MrNotebookError, WorkerCrashed
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any] | bytes], None]
 
-#: A stream's text is sent at most this often (seconds; its first token at once): 25 updates a second look
-#: continuous to a reader, and every message costs the host, the client and the notebook's renderer CPU that a
-#: 2-core machine takes from the decode threads (a message per token cost 11% of the tokens at one stream).
-COALESCE = 0.04
 #: Tokens per embedding batch while streams are running (a batch alone takes up to the embedding context).
 EMBED_BESIDE_STREAMS = 64
 #: How often (seconds) a busy worker reports its scheduler statistics to the host.
@@ -58,9 +55,8 @@ class Scheduler:
 
     def __init__(self, model: Model, config: dict[str, Any], send: Send) -> None:
         self.model = model
-        self._transmit = send
-        #: Messages of one scheduler iteration, written to the host together (one syscall, one host wake-up).
-        self._outbox: list[bytes] = []
+        self.outbox = Outbox(send)
+        self.send = self.outbox.send
         self.threads = max(int(config.get("threads") or 1), 1)
         self.parallel = max(int(config.get("parallel") or 1), 1)
         n_ctx = int(config["n_ctx"])
@@ -100,28 +96,18 @@ class Scheduler:
     def stop(self) -> None:
         self.inbox.put(None)
 
-    # ------------------------------------------------------------------ to the host
-
-    def send(self, message: dict[str, Any] | bytes) -> None:
-        self._outbox.append(message if isinstance(message, bytes) else encode(message))
-
-    def _flush(self) -> None:
-        if self._outbox:
-            data, self._outbox = b"".join(self._outbox), []
-            self._transmit(data)
-
     # ------------------------------------------------------------------ scheduler thread
 
     def run(self) -> None:
         while True:
             busy = bool(self.running or self.embeds)
             if not busy and not self.waiting:
-                self._flush()  # before waiting for work
+                self.outbox.flush()  # before waiting for work
             try:
                 item = self.inbox.get(block=not busy and not self.waiting)
                 while True:
                     if item is None:
-                        self._flush()
+                        self.outbox.flush()
                         return
                     self._take(item)
                     item = self.inbox.get_nowait()
@@ -129,7 +115,7 @@ class Scheduler:
                 pass
             self._drop_cancelled()
             self._admit()
-            self._flush()  # "started" and errors go out before a long step
+            self.outbox.flush()  # "started" and errors go out before a long step
             if self.embeds and (not self.running or self._embed_turn()):
                 self._embed_step()
             if self.running or self.embeds:
@@ -137,7 +123,7 @@ class Scheduler:
             if self.running:
                 self._step()
             self._report()
-            self._flush()
+            self.outbox.flush()
 
     def _take(self, request: dict[str, Any]) -> None:
         op, rid = request.get("op"), request.get("id")
@@ -161,46 +147,7 @@ class Scheduler:
         self.send({"id": rid, "type": "error", "error": error_payload(exc)})
 
     def _prepare(self, request: dict[str, Any], cancel: threading.Event) -> Job:
-        params = request["params"]
-        if request["op"] == "chat":
-            prompt = self.prompt.tokens(request["messages"], params)
-            param = "messages"
-        elif isinstance(request["prompt"], list):
-            prompt = list(request["prompt"])
-            self.model.check_tokens(prompt, "prompt")
-            param = "prompt"
-        else:
-            prompt = self.model.tokenize(request["prompt"], add_special=True, special=True)
-            param = "prompt"
-        if not prompt:
-            raise InvalidRequest("The prompt is empty; send some text.", param)
-        if len(prompt) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt is {len(prompt)} tokens but this model's context holds {self.n_ctx} (and needs room "
-                "for the answer). Shorten the prompt or conversation, or raise the model's context size "
-                "(`mr-notebook configure MODEL --context-size N`).",
-                param,
-            )
-        n = int(params.get("n") or 1)
-        if n > self.parallel:
-            raise InvalidRequest(
-                f"n is {n} but this model runs at most {self.parallel} sequences at once; ask for fewer choices "
-                "or raise its parallel setting (`mr-notebook configure MODEL --parallel N`).",
-                "n",
-            )
-        grammar = check_grammar(self.model, params.get("response_format"))
-        top = (params.get("top_logprobs") or 0) if params.get("logprobs") else None
-        return Job(
-            rid=request["id"],
-            prompt=prompt,
-            params=params,
-            grammar=grammar,
-            stops=list(params.get("stop") or []),
-            cancel=cancel,
-            n=n,
-            top_logprobs=top,
-            max_tokens=params.get("max_tokens"),
-        )
+        return new_job(request, cancel, self.model, self.prompt, n_ctx=self.n_ctx, parallel=self.parallel)
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self.waiting if j.cancel.is_set()]:
@@ -263,6 +210,13 @@ class Scheduler:
     # ------------------------------------------------------------------ one decode step
 
     def _step(self) -> None:
+        """One token of every generating sequence in one decode, then (a separate decode) the next chunk of the
+        first prompt being loaded.
+
+        A prompt is always evaluated in the same chunks, ``n_batch`` tokens from where its evaluation starts, and
+        never in one decode with other sequences' tokens: llama.cpp splits a mixed batch into other shapes, whose
+        sums round differently, and greedy answers then depended on what else was running (2 of 32 at 8 clients).
+        """
         batch = self.batch
         batch.clear()
         rows: list[tuple[Job, Choice, int]] = []
@@ -271,37 +225,46 @@ class Scheduler:
                 if choice.pending is not None and choice.finish is None:
                     slot = choice.slot
                     rows.append((job, choice, batch.add(choice.pending, len(slot.cache), slot.seq, True)))
-        chunks: list[tuple[Job, list[int], int]] = []
-        for job in self.running:
-            if job.prefilling and batch.room > 0:
-                chunk = job.prompt[job.n_past : job.n_past + batch.room]
-                last = job.n_past + len(chunk) == len(job.prompt)
-                row = batch.add_many(chunk, job.n_past, job.choices[0].slot.seq, logits_last=last)
-                chunks.append((job, chunk, row if last else -1))
-        if batch.n == 0:
-            return
-        result = batch.decode(self.ctx)
-        if result != 0:
-            self._decode_failed(result)
-            return
-        self._decodes += 1
-        self._decoded_tokens += batch.n
-        for _job, choice, _row in rows:
-            choice.slot.cache.append(choice.pending)  # type: ignore[arg-type]
-        for job, chunk, row in chunks:
-            primary = job.choices[0].slot
-            primary.cache.extend(chunk)
-            job.n_past += len(chunk)
-            if row >= 0:
-                for choice in job.choices[1:]:  # n > 1: the prompt is evaluated once and copied
-                    llama_cpp.llama_memory_seq_rm(self.memory, choice.slot.seq, -1, -1)
-                    llama_cpp.llama_memory_seq_cp(self.memory, primary.seq, choice.slot.seq, -1, -1)
-                    choice.slot.cache = list(primary.cache)
-                rows.extend((job, choice, row) for choice in job.choices)
-        for job, choice, row in rows:
-            self._sample(job, choice, row)
+        if rows:
+            if not self._decode():
+                return
+            for _job, choice, _row in rows:
+                choice.slot.cache.append(choice.pending)  # type: ignore[arg-type]
+            for job, choice, row in rows:
+                self._sample(job, choice, row)
+        loading = next((j for j in self.running if j.prefilling), None)
+        if loading is not None:
+            self._prefill(loading)
         for job in [j for j in self.running if j.done]:
             self._finish_job(job)
+
+    def _decode(self) -> bool:
+        result = self.batch.decode(self.ctx)
+        if result != 0:
+            self._decode_failed(result)
+            return False
+        self._decodes += 1
+        self._decoded_tokens += self.batch.n
+        return True
+
+    def _prefill(self, job: Job) -> None:
+        batch = self.batch
+        batch.clear()
+        chunk = job.prompt[job.n_past : job.n_past + self.n_batch]
+        last = job.n_past + len(chunk) == len(job.prompt)
+        primary = job.choices[0].slot
+        row = batch.add_many(chunk, job.n_past, primary.seq, logits_last=last)
+        if not self._decode():
+            return
+        primary.cache.extend(chunk)
+        job.n_past += len(chunk)
+        if last:
+            for choice in job.choices[1:]:  # n > 1: the prompt is evaluated once and copied
+                llama_cpp.llama_memory_seq_rm(self.memory, choice.slot.seq, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self.memory, primary.seq, choice.slot.seq, -1, -1)
+                choice.slot.cache = list(primary.cache)
+            for choice in job.choices:
+                self._sample(job, choice, row)
 
     def _decode_failed(self, result: int) -> None:
         """No room left in the shared KV cache (1), or a llama.cpp failure: shed load, never hang."""
@@ -345,7 +308,7 @@ class Scheduler:
             entry = logprob_entry(self.model, logits, token, job.top_logprobs)
         text = choice.decoder.decode(self.model.piece(token, special=token in choice.sampler.preserved))
         shown, hit = choice.matcher.feed(text)
-        self._emit(job, choice, shown, entry)
+        self.outbox.emit(job, choice, shown, entry)
         if hit:
             choice.finish, choice.hit = "stop", True
         elif (job.max_tokens is not None and choice.generated >= job.max_tokens) or len(
@@ -354,20 +317,6 @@ class Scheduler:
             choice.finish = "length"
         else:
             choice.pending = token
-
-    def _emit(self, job: Job, choice: Choice, text: str, entry: dict[str, Any] | None) -> None:
-        index = {"index": choice.index} if job.n > 1 else {}
-        if entry is not None:
-            self.send({"id": job.rid, "type": "delta", "text": choice.held + text, "logprobs": [entry], **index})
-            choice.held = ""
-            return
-        if not text:
-            return
-        choice.held += text
-        now = time.perf_counter()
-        if now - choice.sent_at >= COALESCE:  # always true for the first token
-            self._send_text(job, choice)
-            choice.sent_at = now
 
     def _release(self, choice: Choice) -> None:
         choice.sampler.free()
@@ -382,7 +331,7 @@ class Scheduler:
                     shown, hit = choice.matcher.feed(choice.decoder.decode(b"", final=True))
                     choice.held += shown + ("" if hit else choice.matcher.flush())
                 if choice.held:
-                    self._send_text(job, choice)
+                    self.outbox.text(job, choice)
                 if job.n > 1:
                     self.send({"id": job.rid, "type": "finish", "index": choice.index, "finish_reason": choice.finish})
             self._release(choice)
@@ -399,13 +348,6 @@ class Scheduler:
         if job.choices and job.choices[0].matcher.matched is not None:
             done["stop_sequence"] = job.choices[0].matcher.matched
         self.send(done)
-
-    def _send_text(self, job: Job, choice: Choice) -> None:
-        if job.n > 1:
-            self.send({"id": job.rid, "type": "delta", "text": choice.held, "index": choice.index})
-        else:
-            self.send(encode_delta(job.rid, choice.held))
-        choice.held = ""
 
     # ------------------------------------------------------------------ embeddings and statistics
 
