@@ -341,7 +341,7 @@ def test_magic_lists_and_imports(
     kernel_state(ip).use(LocalEngine(store))
     try:
         listing = ip.run_line_magic("model", "import")
-        assert sorted(row[0] for row in listing.rows) == ["lmstudio", "ollama"]
+        assert sorted(row["SOURCE"] for row in listing.rows) == ["lmstudio", "ollama"]
         assert "registry.ollama.ai/library/tiny:latest" in repr(listing)
         with capture_output() as captured:
             ip.run_line_magic("model", "import --from lmstudio")

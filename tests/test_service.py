@@ -88,6 +88,7 @@ def workers() -> set[int]:
 
 
 async def test_store_verbs_give_typed_results_and_start_no_engine(service: ModelService, store: Store) -> None:
+    before = workers()  # workers other tests of this process may still be ending
     names = [entry.name for entry in await service.list()]
     assert names == ["ai/loop:latest", "ai/tiny:latest"] or sorted(names) == ["ai/loop:latest", "ai/tiny:latest"]
     tiny = await service.inspect("ai/tiny")
@@ -97,7 +98,7 @@ async def test_store_verbs_give_typed_results_and_start_no_engine(service: Model
     assert usage.models == 2 and usage.total == usage.blobs > 0
     assert (await service.prune()).files == 0
     assert service.runner is not None  # list looked for remote engines' models: a Runner exists, with no worker
-    assert await service.ps() == [] and workers() == set()
+    assert await service.ps() == [] and workers() <= before
     removal = await service.rm(["ai/tiny"])
     assert removal == Removal(untagged=["ai/tiny:latest"], deleted=[tiny.id], unloaded=[])
     with pytest.raises(ModelNotFound):

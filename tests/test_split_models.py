@@ -220,7 +220,7 @@ def test_header_reading_refuses_parts_out_of_order(split3: Path, tiny_model: Pat
 async def test_cli_packages_a_split_model_and_the_runner_chats_with_it(store_home: Path, split3: Path) -> None:
     done = mr("package", "--gguf", str(split3), "ai/split:v1", home=store_home)
     assert done.returncode == 0, done.stderr
-    assert "Model ai/split:v1 packaged" in done.stdout
+    assert "Model ai/split:v1 added" in done.stdout
     store = Store(store_home)
     assert len(store.get("ai/split:v1").files) == 3
     assert await chat_reply(store, "ai/split:v1") == DEFAULT_REPLY
