@@ -66,9 +66,11 @@ class Conversation:
         turns: list[dict[str, Any]] = []
         for entry in self.entries if history else ():
             role = entry.get("role")
-            if role == "error":
+            if role == "error":  # its request failed: the turn (and any partial reply) is not part of it
+                if turns and turns[-1]["role"] == "assistant" and len(turns) >= 2 and turns[-2]["role"] == "user":
+                    turns.pop()
                 if turns and turns[-1]["role"] == "user":
-                    turns.pop()  # its request failed before any reply: not part of the conversation
+                    turns.pop()
                 continue
             if role in SENT_ROLES and isinstance(entry.get("content"), str):
                 turns.append({"role": role, "content": entry["content"]})

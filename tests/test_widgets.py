@@ -137,6 +137,8 @@ def test_worker_crash_mid_stream_is_shown_and_recovered(engine: LocalEngine) -> 
     roles = [m["role"] for m in w.messages]
     assert roles == ["user", "assistant", "error"] and "WorkerCrashed" in w.messages[-1]["content"]
     w.max_tokens = 3
+    # The failed turn, partial reply included, is shown but not sent again (it may be longer than the context).
+    assert w._request_messages() == []
     assert w.send("Back?", timeout=WAIT)  # a fresh worker answers
     w.close()
 
