@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,89 +64,90 @@ async def test_cancelling_one_of_several_running_sequences(runner: Runner) -> No
         assert answer.text.strip() in LOOP * 100
 
 
+@dataclass
+class LoopStream:
+    """A never-ending greedy stream (one logprob entry per token) in a worker of its own."""
+
+    handle: WorkerHandle
+    stream: Any
+    counted: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def produced(self) -> int:
+        """Tokens of the stream so far: those read plus those waiting in its queue (a message each)."""
+        return self.counted + self.handle._pending[self.stream.rid].queue.qsize()
+
+
+@contextlib.asynccontextmanager
+async def loop_stream(factory: TinyModelFactory, *, n_batch: int, max_tokens: int) -> AsyncIterator[LoopStream]:
+    path = factory(reply=LOOP, never_stop=True, context_length=2048)
+    config = {"name": "loop", "path": str(path), "n_ctx": 2048, "parallel": 2, "n_batch": n_batch, "threads": 1}
+    handle = WorkerHandle("loop", "id", config, Estimate(0, 0, 0), 30, lambda h: None)
+    await handle.start(60)
+    follower = None
+    try:
+        body = {"messages": HI, "params": params(max_tokens=max_tokens, logprobs=True).to_wire()}
+        running = LoopStream(handle, handle.submit("chat", body))
+
+        async def follow() -> None:
+            while not running.done.is_set():
+                message = await handle.receive(running.stream)
+                if message["type"] == "done":
+                    running.done.set()
+                else:
+                    running.counted += len(message.get("logprobs") or [])  # one token per logprob entry
+
+        follower = asyncio.create_task(follow())
+        await wait_until(lambda: running.counted > 5)
+        yield running
+        handle.finish(running.stream)
+    finally:
+        if follower is not None:
+            follower.cancel()
+        await handle.close()
+
+
 async def test_long_prompt_is_prefilled_in_chunks_between_other_streams_tokens(
     tiny_model_factory: TinyModelFactory,
 ) -> None:
-    path = tiny_model_factory(reply=LOOP, never_stop=True, context_length=2048)
-    config = {"name": "loop", "path": str(path), "n_ctx": 2048, "parallel": 2, "n_batch": 32, "threads": 1}
-    handle = WorkerHandle("loop", "id", config, Estimate(0, 0, 0), 30, lambda h: None)
-    await handle.start(60)
-    try:
-        stream = handle.submit("chat", {"messages": HI, "params": params(max_tokens=1500, logprobs=True).to_wire()})
-        tokens: list[int] = [0]
-        done = asyncio.Event()
-
-        async def follow() -> None:
-            while not done.is_set():
-                message = await handle.receive(stream)
-                if message["type"] == "done":
-                    done.set()
-                else:
-                    tokens[0] += len(message.get("logprobs") or [])
-
-        follower = asyncio.create_task(follow())
-        await wait_until(lambda: tokens[0] > 5)
+    async with loop_stream(tiny_model_factory, n_batch=32, max_tokens=1500) as running:
+        handle = running.handle
         long = [{"role": "user", "content": text_of(500)}]  # about 500 tokens: 16 chunks of 32
         loading = handle.submit("chat", {"messages": long, "params": params(max_tokens=3).to_wire()})
-        before = tokens[0]
+        before = running.counted
         first = await handle.receive(loading)
         assert first["type"] == "delta"
-        progress = tokens[0] + handle._pending[stream.rid].queue.qsize() - before
-        # Each prefill chunk shared a decode step with the running stream, which kept producing tokens ...
+        progress = running.produced() - before
+        # Between prefill chunks the running stream got a decode step each and kept producing tokens ...
         assert progress >= 12, progress
         # ... and the running stream was neither cut nor made to wait for the whole prompt.
-        assert not done.is_set()
+        assert not running.done.is_set()
         while not loading.finished:
             await handle.receive(loading)
         handle.finish(loading)
-        handle.finish(stream)
-        follower.cancel()
-    finally:
-        await handle.close()
 
 
 async def test_embeddings_beside_a_stream_go_in_small_batches_between_its_tokens(
     tiny_model_factory: TinyModelFactory,
 ) -> None:
     """A big embedding job must not stall running streams: it shares the loop with them, a small batch at a time."""
-    path = tiny_model_factory(reply=LOOP, never_stop=True, context_length=2048)
-    config = {"name": "loop", "path": str(path), "n_ctx": 2048, "parallel": 2, "n_batch": 64, "threads": 1}
-    handle = WorkerHandle("loop", "id", config, Estimate(0, 0, 0), 30, lambda h: None)
-    await handle.start(60)
-    try:
-        stream = handle.submit("chat", {"messages": HI, "params": params(max_tokens=1800, logprobs=True).to_wire()})
-        tokens: list[int] = [0]
-        done = asyncio.Event()
-
-        async def follow() -> None:
-            while not done.is_set():
-                message = await handle.receive(stream)
-                if message["type"] == "done":
-                    done.set()
-                else:
-                    tokens[0] += len(message.get("logprobs") or [])  # one token per logprob entry
-
-        follower = asyncio.create_task(follow())
-        await wait_until(lambda: tokens[0] > 5)
+    async with loop_stream(tiny_model_factory, n_batch=64, max_tokens=1800) as running:
+        handle = running.handle
         inputs = [text_of(40, seed) for seed in range(48)]  # 48 inputs of about 40 tokens
         embedding = handle.submit("embed", {"inputs": inputs})
         first = await handle.receive(embedding)
         assert first["type"] in ("started", "vector")
-        before = tokens[0] + handle._pending[stream.rid].queue.qsize()
+        before = running.produced()
         vectors = 0
         while not embedding.finished:
             message = await handle.receive(embedding)
             vectors += message["type"] == "vector"
-        progress = tokens[0] + handle._pending[stream.rid].queue.qsize() - before
-        assert vectors >= 47 and not done.is_set()
+        progress = running.produced() - before
+        assert vectors >= 47 and not running.done.is_set()
         # One input per embedding batch, a stream token between batches; before, 16 inputs went in each batch
         # (about 640 tokens, seconds on a real model) and the stream got 3 tokens during the whole job.
         assert progress >= 40, progress
         handle.finish(embedding)
-        handle.finish(stream)
-        follower.cancel()
-    finally:
-        await handle.close()
 
 
 async def test_prefix_reuse_evaluates_only_the_new_part(runner: Runner) -> None:

@@ -101,9 +101,7 @@ class Scheduler:
     def run(self) -> None:
         while True:
             busy = bool(self.running or self.embeds)
-            if not busy and not self.waiting:
-                self.outbox.flush()  # before waiting for work
-            try:
+            try:  # the outbox is empty here: every iteration ends with a flush
                 item = self.inbox.get(block=not busy and not self.waiting)
                 while True:
                     if item is None:
