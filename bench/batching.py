@@ -35,6 +35,7 @@ import llama_cpp.llama_chat_format as llama_chat_format
 sys.path.insert(0, str(Path(__file__).parent))
 from api import start_server  # the same server start as bench/api.py
 
+from mr_notebook.engine.llama.batch import Batch
 from mr_notebook.engine.memory import context_size, default_threads
 from mr_notebook.store import Store
 
@@ -113,13 +114,9 @@ def direct(llama: llama_cpp.Llama, requests: int, tokens: int, width: int) -> Me
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as the engine (determinism)
     ctx = llama_cpp.llama_init_from_model(model, params)
     vocab = llama_cpp.llama_model_get_vocab(model)
-    batch = llama_cpp.llama_batch_init(2048, 0, 1)
+    batch = Batch(2048)
     greedy = llama_cpp.llama_sampler_init_greedy()
     formatter = llama_chat_format.Jinja2ChatFormatter(llama.metadata["tokenizer.chat_template"], "", "")
-
-    def put(i: int, token: int, pos: int, seq: int, logits: bool) -> None:
-        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
-        batch.seq_id[i][0] = seq
 
     streams: list[Stream] = []
     start = time.perf_counter()
@@ -132,19 +129,15 @@ def direct(llama: llama_cpp.Llama, requests: int, tokens: int, width: int) -> Me
                 for i in ids
             ]
             mine = [Stream() for _ in ids]
-            n, rows = 0, []
-            for seq, prompt in enumerate(prompts):
-                for pos, token in enumerate(prompt):
-                    put(n, token, pos, seq, pos == len(prompt) - 1)
-                    n += 1
-                rows.append(n - 1)
+            batch.clear()
+            rows = [batch.add_many(prompt, 0, seq, logits_last=True) for seq, prompt in enumerate(prompts)]
             positions = [len(p) for p in prompts]
             live = list(range(len(ids)))
             for _ in range(tokens + 1):
-                batch.n_tokens = n
-                if llama_cpp.llama_decode(ctx, batch) != 0:
+                if batch.decode(ctx) != 0:
                     raise SystemExit("llama_decode failed in the direct measurement")
-                n, next_rows, still = 0, [], []
+                batch.clear()
+                next_rows, still = [], []
                 for seq, row in zip(live, rows, strict=True):
                     token = llama_cpp.llama_sampler_sample(greedy, ctx, row)
                     stream = mine[seq]
@@ -153,20 +146,16 @@ def direct(llama: llama_cpp.Llama, requests: int, tokens: int, width: int) -> Me
                         continue
                     piece = llama.detokenize([token]).decode("utf-8", "ignore") or " "
                     stream.choice({"delta": {"content": piece}})
-                    put(n, token, positions[seq], seq, True)
+                    next_rows.append(batch.add(token, positions[seq], seq, True))
                     positions[seq] += 1
-                    next_rows.append(n)
                     still.append(seq)
-                    n += 1
                 live, rows = still, next_rows
                 if not live:
                     break
-            for stream in mine:
-                stream.complete = True
             streams.extend(mine)
     finally:
         llama_cpp.llama_sampler_free(greedy)
-        llama_cpp.llama_batch_free(batch)
+        batch.free()
         llama_cpp.llama_free(ctx)
     return Measure(time.perf_counter() - start, streams)
 
