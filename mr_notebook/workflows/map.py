@@ -52,21 +52,19 @@ class MapInterrupted(KeyboardInterrupt):
         return [f"\x1b[33mKeyboardInterrupt: {self.args[0]} The partial result is in the exception's .result.\x1b[0m"]
 
 
-def _engine_and_model(engine: Engine | None, model: str | None) -> tuple[Engine, str, Callable[[], None], Any]:
-    """(engine, model, close, usage or None): the engine of this process and its default model unless given."""
+def _engine_and_model(engine: Engine | None, model: str | None) -> tuple[Engine, str, Any]:
+    """(engine, model, usage or None): the engine of this process and its default model unless given."""
     state = None
-    close: Callable[[], None] = lambda: None  # noqa: E731
     if engine is None:
         from mr_notebook import current
 
         engine, state = current.engine(), current.usage
     model = model or (state.default_model if state is not None else None)
     if not model:
-        close()
         raise InvalidRequest(
             "No model chosen: pass model='ai/smollm2' (a stored model), or load one with `%model run MODEL` first."
         )
-    return engine, model, close, state
+    return engine, model, state
 
 
 def model_parallel(engine: Engine, model: str, info: Mapping[str, Any]) -> int:
@@ -120,28 +118,25 @@ def map(
     if errors not in ("keep", "raise"):
         raise InvalidRequest('errors must be "keep" or "raise".')
     data = prepare(items)
-    engine, model, close, state = _engine_and_model(engine, model)
-    try:
-        return _run(
-            engine,
-            model,
-            state,
-            data,
-            prompt,
-            system=system,
-            schema=schema,
-            params={
-                "temperature": temperature,
-                "max_tokens": max_tokens,
-                **({"seed": seed} if seed is not None else {}),
-            },
-            concurrency=concurrency,
-            cache=cache,
-            errors=errors,
-            progress=progress,
-        )
-    finally:
-        close()
+    engine, model, state = _engine_and_model(engine, model)
+    return _run(
+        engine,
+        model,
+        state,
+        data,
+        prompt,
+        system=system,
+        schema=schema,
+        params={
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            **({"seed": seed} if seed is not None else {}),
+        },
+        concurrency=concurrency,
+        cache=cache,
+        errors=errors,
+        progress=progress,
+    )
 
 
 def _run(
